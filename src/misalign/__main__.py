@@ -1,0 +1,3 @@
+from misalign.cli import main
+
+main()

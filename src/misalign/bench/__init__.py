@@ -1,0 +1,1 @@
+"""Stage II: ask a model whether each response is misaligned and score it (Cov, FFR, AS)."""

@@ -1,0 +1,1 @@
+"""Stage I: build a paired dataset (classify, expand, deduplicate, respond, reject, split)."""

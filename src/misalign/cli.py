@@ -1,0 +1,247 @@
+"""The ``misalign`` command line. Heavy modules are imported inside commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Mis-Align Bench: is a model misaligned when safety, values and culture must hold together?",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Inspect, export and split datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+MapOpt = Annotated[list[str] | None, typer.Option("--map", help="Rename a column: FIELD=COLUMN (repeatable).")]
+SkipOpt = Annotated[bool, typer.Option("--skip-bad", help="Write malformed rows to a rejects file and go on.")]
+RejectsOpt = Annotated[Path | None, typer.Option(help="Where skipped rows go (default: <file>.rejects.jsonl).")]
+TaxOpt = Annotated[list[Path] | None, typer.Option("--taxonomy", help="Taxonomy TOML file or folder (repeatable).")]
+
+
+def main() -> None:
+    """Entry point: run the app, turning data and taxonomy errors into one clear line and exit code 2."""
+    from misalign.io.formats import DataError
+    from misalign.taxonomy import TaxonomyError
+
+    try:
+        app()
+    except (DataError, TaxonomyError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+
+
+def _taxonomy(paths: list[Path] | None):
+    from misalign.taxonomy import Taxonomy
+
+    return Taxonomy.load(paths) if paths else Taxonomy.default()
+
+
+def _mapping(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--map takes FIELD=COLUMN, got {item!r}")
+        ours, theirs = item.split("=", 1)
+        out[ours.strip()] = theirs.strip()
+    return out
+
+
+def _load(source: str, taxonomy, mapping, skip_bad: bool, rejects: Path | None):
+    from misalign.io import load_dataset
+
+    ds = load_dataset(source, taxonomy=taxonomy, mapping=_mapping(mapping), skip_bad=skip_bad, rejects=rejects)
+    if ds.rejected:
+        err_console.print(f"[yellow]{ds.rejected} malformed row(s) skipped, written to {ds.rejects_path}[/]")
+    return ds
+
+
+@app.command()
+def taxonomy(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    dimension: Annotated[str | None, typer.Option(help="Only this dimension.")] = None,
+    paths: TaxOpt = None,
+) -> None:
+    """List the taxonomy's domains (112 by default: 14 safety, 56 value, 41 cultural)."""
+    tax = _taxonomy(paths)
+    domains = [d for d in tax if dimension in (None, d.dimension)]
+    if as_json:
+        print(json.dumps([d.to_dict() for d in domains], ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"Taxonomy {tax.version}: " + ", ".join(f"{n} {k}" for k, n in tax.counts().items()))
+    for col in ("dimension", "id", "name", "definition"):
+        table.add_column(col, overflow="fold")
+    for d in domains:
+        table.add_row(d.dimension, d.id, d.name, d.definition)
+    console.print(table)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")] = "bundled",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Counts per split, per dimension and per domain."""
+    from misalign.io.summary import summarize
+
+    tax = _taxonomy(taxonomy)
+    summary = summarize(_load(source, tax, mapping, skip_bad, rejects))
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    console.print(f"[bold]{summary['source']}[/]  shape={summary['shape']}  items={summary['items']}  "
+                  f"sha256={summary['sha256'][:12]}  all three dimensions={summary['all_three']}")
+    head = Table(title="Items per split and dimension")
+    for col in ("split", "items"):
+        head.add_column(col)
+    for k, v in summary["per_split"].items():
+        head.add_row(k, str(v))
+    for k, v in summary["per_dimension"].items():
+        head.add_row(f"[dim]dimension[/] {k}", str(v))
+    console.print(head)
+    per_domain = summary["per_domain"]
+    table = Table(title="Items per domain")
+    for col in ("dimension", "domain", "items"):
+        table.add_column(col)
+    for d in tax:
+        n = per_domain.get(d.name, 0)
+        table.add_row(d.dimension, d.name, str(n) if n else "[red]0[/]")
+    console.print(table)
+
+
+@data_app.command("export")
+def data_export(
+    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Write any loadable dataset in our schema (JSONL, CSV or Parquet)."""
+    from misalign.io import write_dataset
+
+    ds = _load(source, _taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    n = write_dataset(out, ds.records)
+    console.print(f"wrote {n} records to {out}")
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    taxonomy: TaxOpt = None,
+) -> None:
+    """Assign a seeded 80/10/10 train/validation/test split, stratified by domain."""
+    from misalign.build.split import assign_splits
+    from misalign.io import write_dataset
+
+    ds = _load(source, _taxonomy(taxonomy), None, False, None)
+    for record, name in zip(ds.records, assign_splits(ds.records, seed=seed), strict=True):
+        record.split = name
+    n = write_dataset(out, ds.records)
+    console.print(f"wrote {n} records to {out}")
+
+
+def _slug(model: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") or "model"
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model string (repeatable): "
+                     "'embedded', 'openai/<name>', 'hf/<path>', 'vllm/<path>'.")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset file, or 'bundled'.")] = "bundled",
+    split: Annotated[str, typer.Option(help="Split to evaluate ('all' for everything); a dataset without "
+                                       "splits is evaluated whole.")] = "test",
+    runs: Annotated[int, typer.Option(min=1, help="Runs, with seeds seed..seed+runs-1.")] = 3,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory (with several models: one folder per model).")]
+    = Path("runs/latest"),
+    base_url: Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible server URL "
+                        "(repeatable: requests spread over them).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")]
+    = "OPENAI_API_KEY",
+    max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 32,
+    rpm: Annotated[float | None, typer.Option(help="Requests-per-minute limit.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    temperature: Annotated[float, typer.Option(help="Judge sampling temperature.")] = 0.0,
+    template: Annotated[str, typer.Option(help="Judge template: a bundled name or a file.")] = "judge_v1",
+    unparseable: Annotated[str, typer.Option(help="Unparseable answers count as: aligned (not flagged, "
+                           "default), misaligned (flagged), or exclude.")] = "aligned",
+    report: Annotated[bool, typer.Option(help="Write report.html in the run directory.")] = True,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Judge every response of a dataset with one or more models; write metrics, results and a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from misalign.bench.runner import EvalConfig, evaluate
+
+    if unparseable not in ("aligned", "misaligned", "exclude"):
+        raise typer.BadParameter("--unparseable takes aligned, misaligned or exclude")
+    models = model or ["embedded"]
+    ds = _load(dataset, _taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    if limit:
+        ds.records = ds.records[:limit]
+    console.print(f"[bold]{ds.source}[/] split={split if ds.splits_present else 'all (no splits)'} "
+                  f"items={len(ds)} runs={runs} seed={seed}; unparseable answers count as {unparseable}")
+    results: dict[str, dict] = {}
+    for m in models:
+        run_dir = out if len(models) == 1 else out / _slug(m)
+        cfg = EvalConfig(model=m, runs=runs, seed=seed, template=template, temperature=temperature,
+                         unparseable=unparseable, base_urls=list(base_url or []), api_key_env=api_key_env,
+                         max_concurrency=max_concurrency, rpm=rpm)  # type: ignore[arg-type]
+        with Progress(TextColumn(f"[bold]{m}[/]"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+                      transient=False) as bar:
+            task = bar.add_task(m, total=None, rate="")
+
+            def progress(done: int, total: int, _task=task, _bar=bar) -> None:
+                elapsed = _bar.tasks[0].elapsed or 0.0
+                _bar.update(_task, completed=done, total=total,
+                            rate=f"{done / elapsed:,.1f}/s" if elapsed > 0 else "")
+
+            results[m] = evaluate(ds, cfg, run_dir, split=split, progress=progress)
+        if report:
+            _write_report([run_dir], run_dir / "report.html", quiet=True)
+        console.print(f"run directory: {run_dir}")
+    _print_headline(results)
+
+
+def _print_headline(results: dict[str, dict]) -> None:
+    table = Table(title="Mis-Align Bench (mean over runs; Cov ↑, FFR ↓, AS ↑)")
+    table.add_column("model")
+    for col in ("scope", "Cov", "FFR", "AS", "95% CI (AS)", "n mis/ali"):
+        table.add_column(col, justify="right")
+    for m, met in results.items():
+        scopes = [("overall", met["overall"], met["ci95"]["overall"])]
+        scopes += [(d, met["by_dimension"][d], met["ci95"]["by_dimension"][d]) for d in met["by_dimension"]]
+        scopes.append(("all three", met["all_three"], met["ci95"]["all_three"]))
+        for i, (name, b, ci) in enumerate(scopes):
+            def pct(x):
+                return "–" if x is None else f"{100 * x:.1f}"
+            std = b["std"]["alignment_score"]
+            table.add_row(m if i == 0 else "", name, pct(b["coverage"]), pct(b["false_failure_rate"]),
+                          f"{pct(b['alignment_score'])}" + (f" ± {100 * std:.1f}" if std else ""),
+                          f"{pct(ci['alignment_score'][0])}–{pct(ci['alignment_score'][1])}",
+                          f"{b['n_misaligned']}/{b['n_aligned']}")
+        c = met["counts"]
+        table.add_row("", "[dim]calls[/]", "", "", "", f"unparseable {c['unparseable']}", f"failed {c['failed']}")
+    console.print(table)
+
+
+def _write_report(run_dirs: list[Path], out: Path, quiet: bool = False) -> None:
+    try:
+        from misalign.report import write_report
+    except ImportError:
+        return
+    write_report(run_dirs, out)
+    if not quiet:
+        console.print(f"wrote {out}")

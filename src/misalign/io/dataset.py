@@ -1,0 +1,391 @@
+"""Load datasets in the shapes users already have, and write them in our schema.
+
+Shapes, detected from the columns of the first row (after the user's ``--map`` renames):
+
+- ``misalign``: our schema (``prompt``, ``aligned_response``, ``misaligned_response``, ``domains``, ...).
+- ``savacu``: the authors' release CSV layout: a prompt column, aligned/misaligned response columns and one
+  domain column per dimension, with liberal column names.
+- ``hh-rlhf``: preference pairs (``chosen``/``rejected`` dialogues); the last assistant turn is the response.
+- ``labelled``: single responses (``prompt``, ``response``, ``label``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from misalign.io.formats import DataError, detect_format, iter_rows, write_rows
+from misalign.records import Domains, Item, LabelledResponse
+from misalign.taxonomy import DIMENSIONS, NO_DOMAIN_LABELS, Taxonomy
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "bundled"
+Shape = Literal["misalign", "savacu", "hh-rlhf", "labelled"]
+Record = Item | LabelledResponse
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ("id", "item_id", "uid", "row_index", "index"),
+    "prompt": ("prompt", "question", "instruction", "input", "query", "user_prompt", "user_input"),
+    "aligned_response": ("aligned_response", "aligned", "aligned_answer", "aligned_output", "response_aligned",
+                         "safe_response", "good_response", "chosen_response"),
+    "misaligned_response": ("misaligned_response", "misaligned", "misaligned_answer", "misaligned_output",
+                            "response_misaligned", "unaligned_response", "unsafe_response", "bad_response",
+                            "rejected_response"),
+    "response": ("response", "answer", "output", "completion"),
+    "label": ("label", "gold", "gold_label", "target"),
+    "split": ("split", "subset", "partition"),
+    "safety": ("safety", "safety_domain", "safety_domains", "safety_label", "safety_labels", "safety_category"),
+    "value": ("value", "value_domain", "value_domains", "value_label", "value_labels", "values", "human_value"),
+    "cultural": ("cultural", "cultural_domain", "cultural_domains", "cultural_label", "cultural_labels",
+                 "culture", "culture_domain", "culture_domains"),
+}
+_LABELS = {
+    "aligned": "aligned", "safe": "aligned", "harmless": "aligned", "good": "aligned", "chosen": "aligned",
+    "false": "aligned", "0": "aligned", "misaligned": "misaligned", "unsafe": "misaligned",
+    "harmful": "misaligned", "bad": "misaligned", "rejected": "misaligned", "true": "misaligned",
+    "1": "misaligned",
+}
+_SPLITS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+           "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+
+
+@dataclass
+class Dataset:
+    """Records loaded from one source, with where they came from and a content hash."""
+
+    records: list[Record]
+    source: str
+    sha256: str
+    shape: Shape
+    rejected: int = 0
+    rejects_path: str | None = None
+    splits_present: set[str] = field(default_factory=set)
+
+    @property
+    def kind(self) -> Literal["paired", "labelled"]:
+        return "labelled" if self.shape == "labelled" else "paired"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def select(self, split: str | None) -> Dataset:
+        """Records of one split; a dataset without splits is returned whole."""
+        if split is None or split == "all" or not self.splits_present:
+            return self
+        if split not in self.splits_present:
+            raise ValueError(f"{self.source}: no split {split!r}; it has {sorted(self.splits_present)}")
+        return Dataset([r for r in self.records if r.split == split], self.source, self.sha256, self.shape,
+                       self.rejected, self.rejects_path, {split})
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    taxonomy: Taxonomy | None = None,
+    mapping: Mapping[str, str] | None = None,
+    skip_bad: bool = False,
+    rejects: str | Path | None = None,
+) -> Dataset:
+    """Load ``source`` (a file, or ``"bundled"``) into records.
+
+    ``mapping`` renames columns (our field -> the file's column). A malformed row raises :class:`DataError`
+    naming file, line and field; with ``skip_bad`` it is written to ``rejects`` (default ``<file>.rejects.jsonl``)
+    and counted instead.
+    """
+    taxonomy = taxonomy or Taxonomy.default()
+    paths = bundled_files() if str(source) == "bundled" else [Path(source)]
+    digest = hashlib.sha256()
+    for p in paths:
+        if not p.exists():
+            raise DataError(p, None, None, "file not found")
+        digest.update(p.read_bytes())
+    records: list[Record] = []
+    bad: list[dict[str, Any]] = []
+    shape: Shape | None = None
+    seen: dict[str, tuple[Path, int]] = {}
+    for path in paths:
+        convert: Callable[[int, dict[str, Any]], Record] | None = None
+        for line, raw in iter_rows(path):
+            try:
+                if isinstance(raw, DataError):
+                    raise raw
+                row = _rename(raw, mapping)
+                if convert is None:
+                    file_shape = _detect_shape(path, line, row)
+                    if shape not in (None, file_shape):
+                        raise DataError(path, line, None, f"shape {file_shape} differs from earlier files ({shape})")
+                    shape = file_shape
+                    convert = _converter(file_shape, path, taxonomy)
+                rec = convert(line, row)
+                if rec.id in seen:
+                    first = seen[rec.id]
+                    raise DataError(path, line, "id", f"duplicate id {rec.id!r} (first at {first[0]}:{first[1]})")
+                seen[rec.id] = (path, line)
+                records.append(rec)
+            except DataError as err:
+                if not skip_bad or (convert is None and not isinstance(raw, DataError)):
+                    raise
+                bad.append({"file": str(path), "line": line, "field": err.field, "error": err.reason,
+                            "row": raw.raw if isinstance(raw, DataError) else raw})
+    if shape is None:
+        raise DataError(paths[0], None, None, "no rows")
+    rejects_path = None
+    if bad:
+        rejects_path = str(rejects or Path(str(paths[0]) + ".rejects.jsonl"))
+        write_rows(rejects_path, bad)
+    splits = {r.split for r in records if r.split}
+    return Dataset(records, "bundled" if str(source) == "bundled" else str(source), digest.hexdigest(), shape,
+                   len(bad), rejects_path, splits)
+
+
+def bundled_files() -> list[Path]:
+    """The bundled dataset's files, in a fixed order."""
+    return sorted(BUNDLED_DIR.glob("*.jsonl"))
+
+
+def write_dataset(path: str | Path, records: Iterable[Record]) -> int:
+    """Write records in our schema; the format comes from the extension."""
+    fmt = detect_format(path) if Path(path).suffix else "jsonl"
+    flat = fmt in ("csv", "tsv", "parquet")
+    return write_rows(path, (record_to_row(r, flat=flat) for r in records))
+
+
+def record_to_row(record: Record, *, flat: bool = False) -> dict[str, Any]:
+    """Our schema as a plain dict; ``flat`` encodes free-form objects as JSON text (CSV, Parquet)."""
+    row = record.model_dump(mode="json")
+    if flat:
+        for key in ("meta", "provenance", "domains"):
+            if key in row:
+                row[key] = json.dumps(row[key], ensure_ascii=False, sort_keys=True)
+    return row
+
+
+# -- shape detection and conversion -------------------------------------------------------------------
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def _rename(row: dict[str, Any], mapping: Mapping[str, str] | None) -> dict[str, Any]:
+    if not mapping:
+        return row
+    inverse = {src: ours for ours, src in mapping.items()}
+    return {inverse.get(k, k): v for k, v in row.items()}
+
+
+def _find(row: Mapping[str, Any], field_name: str) -> str | None:
+    """The row's column for one of our fields (exact name first, then aliases)."""
+    if field_name in row:
+        return field_name
+    normed = {_norm(k): k for k in row}
+    for alias in _ALIASES.get(field_name, ()):
+        if alias in normed:
+            return normed[alias]
+    return None
+
+
+def _detect_shape(path: Path, line: int, row: dict[str, Any]) -> Shape:
+    cols = set(row)
+    if {"chosen", "rejected"} <= {_norm(c) for c in cols} and _find(row, "aligned_response") is None:
+        return "hh-rlhf"
+    if _find(row, "prompt") is None:
+        raise DataError(path, line, "prompt", f"no prompt column among {sorted(cols)} (use --map prompt=COLUMN)")
+    if _find(row, "aligned_response") and _find(row, "misaligned_response"):
+        return "misalign" if {"aligned_response", "misaligned_response"} <= cols else "savacu"
+    if _find(row, "response") and _find(row, "label"):
+        return "labelled"
+    raise DataError(path, line, None, f"cannot tell the layout from columns {sorted(cols)}: expected "
+                    "aligned_response + misaligned_response, response + label, or chosen + rejected "
+                    "(rename with --map FIELD=COLUMN)")
+
+
+def _converter(shape: Shape, path: Path, taxonomy: Taxonomy) -> Callable[[int, dict[str, Any]], Record]:
+    def common(line: int, row: dict[str, Any], used: set[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        id_col = _find(row, "id")
+        out["id"] = str(row[id_col]).strip() if id_col and str(row[id_col]).strip() else f"{_stem(path)}-{line}"
+        used.add(id_col or "")
+        split_col = _find(row, "split")
+        if split_col:
+            used.add(split_col)
+            out["split"] = _split(path, line, split_col, row[split_col])
+        out["domains"] = _domains(path, line, row, taxonomy, used)
+        meta = _json_obj(path, line, "meta", row.get("meta"))
+        used.update({"meta", "provenance"})
+        meta.update({k: v for k, v in row.items() if k not in used})
+        out["meta"] = meta
+        return out
+
+    def text(line: int, row: dict[str, Any], name: str, used: set[str]) -> str:
+        col = _find(row, name)
+        value = row.get(col) if col else None
+        used.add(col or name)
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(path, line, col or name, "missing or empty text")
+        return value
+
+    def paired(line: int, row: dict[str, Any]) -> Record:
+        used: set[str] = set()
+        fields = {n: text(line, row, n, used) for n in ("prompt", "aligned_response", "misaligned_response")}
+        base = common(line, row, used)
+        prov = _json_obj(path, line, "provenance", row.get("provenance"))
+        return _validate(path, line, Item, {**base, **fields, "provenance": prov})
+
+    def labelled(line: int, row: dict[str, Any]) -> Record:
+        used: set[str] = set()
+        fields = {n: text(line, row, n, used) for n in ("prompt", "response")}
+        label_col = _find(row, "label")
+        used.add(label_col or "label")
+        raw_label = str(row.get(label_col, "")).strip().lower() if label_col else ""
+        if raw_label not in _LABELS:
+            raise DataError(path, line, label_col or "label", f"label {raw_label!r} is not aligned/misaligned")
+        base = common(line, row, used)
+        return _validate(path, line, LabelledResponse, {**base, **fields, "label": _LABELS[raw_label]})
+
+    def hh(line: int, row: dict[str, Any]) -> Record:
+        cols = {_norm(k): k for k in row}
+        prompts, responses = [], []
+        for side in ("chosen", "rejected"):
+            value = row.get(cols[side])
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(path, line, cols[side], "missing or empty dialogue")
+            prompt, response = _split_dialogue(value)
+            if response is None:
+                raise DataError(path, line, cols[side], "dialogue does not end with an 'Assistant:' turn")
+            prompts.append(prompt)
+            responses.append(response)
+        used = {cols["chosen"], cols["rejected"]}
+        base = common(line, row, used)
+        if prompts[0] != prompts[1]:
+            base["meta"]["rejected_context"] = prompts[1]
+        return _validate(path, line, Item, {**base, "prompt": prompts[0], "aligned_response": responses[0],
+                                             "misaligned_response": responses[1],
+                                             "provenance": {"source": "hh-rlhf", "file": path.name, "line": line}})
+
+    return {"misalign": paired, "savacu": paired, "labelled": labelled, "hh-rlhf": hh}[shape]
+
+
+def _split_dialogue(text: str) -> tuple[str, str | None]:
+    """Split an hh-rlhf dialogue into (context before the last assistant turn, that turn)."""
+    parts = _TURN.split("\n\n" + text.lstrip("\n"))
+    turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    if not turns or turns[-1][0] != "Assistant" or not turns[-1][1]:
+        return text.strip(), None
+    context = turns[:-1]
+    if len(context) == 1:
+        return context[0][1], turns[-1][1]
+    return "\n\n".join(f"{who}: {said}" for who, said in context), turns[-1][1]
+
+
+def _domains(path: Path, line: int, row: dict[str, Any], taxonomy: Taxonomy, used: set[str]) -> Domains:
+    nested = row.get("domains")
+    used.add("domains")
+    if isinstance(nested, str) and nested.strip():
+        nested = _json_obj(path, line, "domains", nested)
+    out: dict[str, list[str]] = {}
+    for dim in DIMENSIONS:
+        where = f"domains.{dim}"
+        if isinstance(nested, dict):
+            raw = nested.get(dim)
+            extra = set(nested) - set(DIMENSIONS)
+            if extra:
+                raise DataError(path, line, "domains", f"unknown dimension(s) {sorted(extra)}")
+        else:
+            col = _find(row, dim)
+            raw = row.get(col) if col else None
+            if col:
+                used.add(col)
+                where = col
+        out[dim] = _resolve_labels(path, line, where, dim, raw, taxonomy)
+    return Domains(**out)
+
+
+def _resolve_labels(path: Path, line: int, where: str, dim: str, raw: Any, taxonomy: Taxonomy) -> list[str]:
+    """Domain labels (list, JSON list text, or ``;``/``|``/``,``-separated text) to display names."""
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, line, where, f"invalid JSON list: {exc.msg}") from exc
+        else:
+            raw = _split_labels(text, dim, taxonomy)
+    if not isinstance(raw, list | tuple):
+        raise DataError(path, line, where, f"expected a list of domain names, got {type(raw).__name__}")
+    names: list[str] = []
+    for label in raw:
+        label = str(label).strip()
+        if label.casefold() in NO_DOMAIN_LABELS:
+            continue
+        domain = taxonomy.resolve(dim, label)
+        if domain is None:
+            raise DataError(path, line, where, f"unknown {dim} domain {label!r}")
+        if domain.name not in names:
+            names.append(domain.name)
+    return names
+
+
+def _split_labels(text: str, dim: str, taxonomy: Taxonomy) -> list[str]:
+    if text.casefold() in NO_DOMAIN_LABELS or taxonomy.resolve(dim, text):
+        return [text]
+    out: list[str] = []
+    for part in re.split(r"[;|\n]", text):
+        part = part.strip()
+        if not part or taxonomy.resolve(dim, part) or "," not in part:
+            out.append(part)
+            continue
+        # Commas may separate labels or sit inside one ("Misinformation about ethics, law and safety").
+        pieces = [p.strip() for p in part.split(",")]
+        i = 0
+        while i < len(pieces):
+            for j in range(len(pieces), i, -1):
+                candidate = ", ".join(pieces[i:j])
+                if taxonomy.resolve(dim, candidate) or j == i + 1:
+                    out.append(candidate)
+                    i = j
+                    break
+    return [p for p in out if p]
+
+
+def _split(path: Path, line: int, col: str, value: Any) -> str | None:
+    text = str(value or "").strip().lower()
+    if not text:
+        return None
+    if text not in _SPLITS:
+        raise DataError(path, line, col, f"unknown split {value!r}; expected train, validation or test")
+    return _SPLITS[text]
+
+
+def _json_obj(path: Path, line: int, name: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, line, name, f"invalid JSON object: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise DataError(path, line, name, f"expected an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _validate(path: Path, line: int, model: type[Record], data: dict[str, Any]) -> Record:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DataError(path, line, ".".join(map(str, err["loc"])), err["msg"]) from None
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0]
