@@ -145,9 +145,11 @@ def test_hh_rlhf_pairs_take_the_last_assistant_turn(tmp_path: Path):
     assert item.prompt == "Human: hi\n\nAssistant: hello\n\nHuman: how to stay safe?"
 
 
-def test_real_hh_rlhf_file_loads(hh_rlhf: Path):
-    ds = load_dataset(hh_rlhf)
-    assert ds.shape == "hh-rlhf" and len(ds) == 2312
+def test_real_hh_rlhf_file_loads(hh_rlhf: Path, tmp_path: Path):
+    with pytest.raises(DataError, match=r":87: field 'chosen': the last 'Assistant:' turn is empty"):
+        load_dataset(hh_rlhf)
+    ds = load_dataset(hh_rlhf, skip_bad=True, rejects=tmp_path / "rejects.jsonl")
+    assert ds.shape == "hh-rlhf" and len(ds) + ds.rejected == 2312 and ds.rejected < 20
     assert all(r.prompt and r.aligned_response and r.misaligned_response for r in ds.records)
     assert not any("Assistant:" in r.aligned_response[:12] for r in ds.records)
 

@@ -259,6 +259,8 @@ def _converter(shape: Shape, path: Path, taxonomy: Taxonomy) -> Callable[[int, d
             prompt, response = _split_dialogue(value)
             if response is None:
                 raise DataError(path, line, cols[side], "dialogue does not end with an 'Assistant:' turn")
+            if not response:
+                raise DataError(path, line, cols[side], "the last 'Assistant:' turn is empty")
             prompts.append(prompt)
             responses.append(response)
         used = {cols["chosen"], cols["rejected"]}
@@ -276,7 +278,7 @@ def _split_dialogue(text: str) -> tuple[str, str | None]:
     """Split an hh-rlhf dialogue into (context before the last assistant turn, that turn)."""
     parts = _TURN.split("\n\n" + text.lstrip("\n"))
     turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
-    if not turns or turns[-1][0] != "Assistant" or not turns[-1][1]:
+    if not turns or turns[-1][0] != "Assistant":
         return text.strip(), None
     context = turns[:-1]
     if len(context) == 1:

@@ -39,6 +39,7 @@ class EmbeddedModel:
         self._encoder = None
         self._memo: dict[str, np.ndarray] = {}
         self._judge_head: tuple[np.ndarray, float] | None = None
+        self._classifiers: dict[str, DomainClassifier] = {}
 
     # -- embeddings ------------------------------------------------------------------------------------
 
@@ -75,6 +76,13 @@ class EmbeddedModel:
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
+
+    def classify(self, texts: Sequence[str], taxonomy) -> dict[str, np.ndarray]:
+        """Per dimension, (n_texts, n_domains) probabilities; see :class:`DomainClassifier`."""
+        clf = self._classifiers.get(taxonomy.version)
+        if clf is None:
+            clf = self._classifiers[taxonomy.version] = DomainClassifier(self, taxonomy)
+        return clf.predict_proba(texts)
 
     # -- judge -----------------------------------------------------------------------------------------
 
@@ -128,3 +136,111 @@ class EmbeddedModel:
         clf = LogisticRegression(C=4.0, max_iter=2000)
         clf.fit(x, y)
         return clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
+
+
+# -- classifier ----------------------------------------------------------------------------------------
+
+CLASSIFIER_VERSION = "classify-v1"
+
+
+def _domain_text(d) -> str:
+    return f"{d.name}: {d.definition}"
+
+
+class DomainClassifier:
+    """Per-domain probabilities from similarity to domain definitions and to labelled exemplar prompts.
+
+    For a text x and a domain d of one dimension the features are: cos(x, definition of d), the largest cos(x,
+    exemplar prompt of d), and each of those minus its best value over the dimension's other domains. One
+    logistic regression per dimension, shared by all its domains (so a user's new domain needs only a
+    definition), is fitted on the bundled train split with each prompt left out of its own exemplars. Its
+    intercept is then shifted so that p = 0.5 sits at the threshold that maximises micro-F1 on that data: 0.5
+    is the operating point, not an arbitrary cut on a rare-class posterior.
+    """
+
+    def __init__(self, model: EmbeddedModel, taxonomy) -> None:
+        from misalign.io import load_dataset
+
+        self.model = model
+        self.taxonomy = taxonomy
+        train = load_dataset("bundled", taxonomy=taxonomy).select("train").records
+        self.ex_texts = list(dict.fromkeys(r.prompt for r in train))
+        pos = {t: i for i, t in enumerate(self.ex_texts)}
+        self.ex_emb = model.embed(self.ex_texts)
+        self.ex_labels: dict[str, np.ndarray] = {}  # dim -> (n_exemplars, n_domains) 0/1
+        for dim in ("safety", "value", "cultural"):
+            names = taxonomy.names(dim)
+            lab = np.zeros((len(self.ex_texts), len(names)), dtype=bool)
+            for r in train:
+                for n in r.domains.get(dim):
+                    lab[pos[r.prompt], names.index(n)] = True
+            self.ex_labels[dim] = lab
+        self.def_emb = {dim: model.embed([_domain_text(d) for d in taxonomy.dimension(dim)])
+                        for dim in ("safety", "value", "cultural")}
+        self.heads = self._heads()
+
+    def features(self, dim: str, emb: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
+        """Feature tensor (n_texts, n_domains, 4)."""
+        s_def = emb @ self.def_emb[dim].T
+        sims = emb @ self.ex_emb.T  # (n, n_exemplars)
+        if leave_out is not None:
+            sims[np.arange(len(emb)), leave_out] = -1.0
+        lab = self.ex_labels[dim]
+        s_ex = np.full(s_def.shape, -1.0, dtype=np.float32)
+        for j in range(lab.shape[1]):
+            cols = np.flatnonzero(lab[:, j])
+            if cols.size:
+                s_ex[:, j] = sims[:, cols].max(axis=1)
+        return np.stack([s_def, s_ex, _margin(s_def), _margin(s_ex)], axis=-1)
+
+    def _heads(self) -> dict[str, tuple[np.ndarray, float]]:
+        key = hashlib.sha256(f"{CLASSIFIER_VERSION}:{self.taxonomy.version}:{self.model.fingerprint}".encode())
+        path = cache_dir() / "embedded" / f"classifier-{key.hexdigest()[:16]}.npz"
+        if path.exists():
+            data = np.load(path)
+            return {dim: (data[f"{dim}_w"], float(data[f"{dim}_b"])) for dim in ("safety", "value", "cultural")}
+        from sklearn.linear_model import LogisticRegression
+
+        heads = {}
+        for dim in ("safety", "value", "cultural"):
+            x = self.features(dim, self.ex_emb, leave_out=np.arange(len(self.ex_texts)))
+            y = self.ex_labels[dim].reshape(-1)
+            x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            clf = LogisticRegression(C=1.0, max_iter=1000).fit(x2, y)
+            w, b = clf.coef_[0], float(clf.intercept_[0])
+            z = x2 @ w + b
+            heads[dim] = (w, b - _best_f1_logit(z, y))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{f"{d}_w": h[0] for d, h in heads.items()}, **{f"{d}_b": h[1] for d, h in heads.items()})
+        os.replace(tmp, path)
+        return heads
+
+    def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per dimension, an (n_texts, n_domains) array of probabilities, domains in taxonomy order."""
+        emb = self.model.embed(texts)
+        out = {}
+        for dim, (w, b) in self.heads.items():
+            z = self.features(dim, emb) @ w + b
+            out[dim] = 1.0 / (1.0 + np.exp(-z))
+        return out
+
+
+def _margin(s: np.ndarray) -> np.ndarray:
+    """s minus the best other value in its row."""
+    if s.shape[1] < 2:
+        return np.zeros_like(s)
+    top2 = np.sort(s, axis=1)[:, -2:]
+    best_other = np.where(s >= top2[:, [1]], top2[:, [0]], top2[:, [1]])
+    return s - best_other
+
+
+def _best_f1_logit(z: np.ndarray, y: np.ndarray) -> float:
+    """The logit threshold that maximises F1 of ``z >= t`` against ``y``."""
+    order = np.argsort(-z)
+    ys = y[order].astype(np.float64)
+    tp = np.cumsum(ys)
+    k = np.arange(1, len(ys) + 1)
+    f1 = 2 * tp / (k + ys.sum())
+    i = int(np.argmax(f1))
+    return float(z[order][i])
