@@ -67,7 +67,7 @@ def taxonomy(
     dimension: Annotated[str | None, typer.Option(help="Only this dimension.")] = None,
     paths: TaxOpt = None,
 ) -> None:
-    """List the taxonomy's domains (112 by default: 14 safety, 56 value, 41 cultural)."""
+    """List the taxonomy: 14 safety, 56 value and 41 cultural domains by default, or your own files."""
     tax = _taxonomy(paths)
     domains = [d for d in tax if dimension in (None, d.dimension)]
     if as_json:
@@ -245,3 +245,132 @@ def _write_report(run_dirs: list[Path], out: Path, quiet: bool = False) -> None:
     write_report(run_dirs, out)
     if not quiet:
         console.print(f"wrote {out}")
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded' or a chat model string.")]
+BaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible server URL (repeatable).")]
+
+
+@app.command()
+def classify(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Prompt file (a prompt column; id optional).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (Parquet keeps probabilities compact).")],
+    model: ModelOpt = "embedded",
+    encoder: Annotated[str, typer.Option(help="Embedded encoder: minilm (better) or wordllama (~50x faster).")]
+    = "minilm",
+    delta: Annotated[float, typer.Option(help="Assign domains with p >= delta.")] = 0.5,
+    base_url: BaseUrlOpt = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 32,
+    cache: Annotated[Path | None, typer.Option(help="SQLite call cache (default: next to --out).")] = None,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 1: a probability for every domain of every prompt; domains with p >= delta assigned."""
+    import asyncio
+
+    from misalign.build import classify as cl
+    from misalign.io import load_prompts, write_prompts
+
+    tax = _taxonomy(taxonomy)
+    prompts, skipped = load_prompts(input, taxonomy=tax, mapping=_mapping(mapping), skip_bad=skip_bad,
+                                    rejects=rejects)
+    if skipped:
+        err_console.print(f"[yellow]{skipped} malformed row(s) skipped[/]")
+    if model == "embedded":
+        from misalign.models.embedded import EmbeddedModel
+
+        with console.status(f"classifying {len(prompts)} prompts with the embedded {encoder} encoder"):
+            result = cl.classify_embedded(prompts, tax, delta=delta, model=EmbeddedModel(encoder=encoder))
+        failures: list[dict] = []
+    else:
+        from misalign.models import CallCache, get_model
+
+        chat = get_model(model, base_urls=base_url or [], api_key_env=api_key_env, max_concurrency=max_concurrency)
+        call_cache = CallCache(cache or out.with_name(out.name + ".cache.sqlite"))
+
+        async def go():
+            try:
+                return await cl.classify_chat(prompts, chat, tax, delta=delta, cache=call_cache)
+            finally:
+                await chat.aclose()
+
+        try:
+            result, failures = asyncio.run(go())
+        finally:
+            call_cache.close()
+    n = write_prompts(out, result)
+    if failures:
+        from misalign.io import write_rows
+
+        fail_path = out.with_name(out.name + ".failures.jsonl")
+        write_rows(fail_path, failures)
+        err_console.print(f"[yellow]{len(failures)} prompt(s) could not be classified: {fail_path}[/]")
+    assigned = {d: sum(bool(p.domains and p.domains.get(d)) for p in result) for d in ("safety", "value", "cultural")}
+    console.print(f"wrote {n} prompts to {out}; prompts with a domain: {assigned}")
+
+
+@app.command()
+def dedup(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Prompt file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Kept prompts.")],
+    dropped: Annotated[Path, typer.Option(help="Dropped near-duplicates, each with duplicate_of.")],
+    tau: Annotated[int, typer.Option(min=0, max=64, help="Hamming distance for near-duplicates.")] = 10,
+    mapping: MapOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 3: drop near-duplicate prompts (64-bit SimHash, Hamming distance <= tau; first kept)."""
+    from misalign.build.pipeline import dedup_prompts
+    from misalign.build.simhash import dedup as dedup_index
+    from misalign.build.simhash import fingerprints
+    from misalign.io import load_prompts, write_prompts
+
+    prompts, _ = load_prompts(input, taxonomy=_taxonomy(taxonomy), mapping=_mapping(mapping))
+    kept, gone = dedup_prompts(prompts, tau, fingerprints, dedup_index)
+    write_prompts(out, kept)
+    write_prompts(dropped, gone)
+    console.print(f"kept {len(kept)}, dropped {len(gone)} near-duplicates (tau={tau}) of {len(prompts)}")
+
+
+@app.command()
+def build(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML build config.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Prompt pool.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Build directory.")] = None,
+    generator: Annotated[list[str] | None, typer.Option("--generator", help="Response generator (repeatable).")]
+    = None,
+    judge: Annotated[str | None, typer.Option(help="Judge for rejection sampling.")] = None,
+    classifier: Annotated[str | None, typer.Option(help="'embedded' (default) or a chat model.")] = None,
+    target_per_domain: Annotated[int | None, typer.Option(help="Expand domains below this count.")] = None,
+    max_new: Annotated[int | None, typer.Option(help="Budget of new prompts.")] = None,
+    tau: Annotated[int | None, typer.Option(help="SimHash near-duplicate distance.")] = None,
+    max_rounds: Annotated[int | None, typer.Option(help="Feedback rounds in rejection sampling.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N prompts.")] = None,
+    base_url: BaseUrlOpt = None,
+    taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I end to end: classify, expand, dedup, respond, filter, split; resumes where it stopped."""
+    from misalign.build.pipeline import BuildConfig, run_build
+
+    flags = {"input": input, "out": out, "generators": generator, "judge": judge, "classifier": classifier,
+             "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
+             "seed": seed, "limit": limit, "base_urls": base_url}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
+    try:
+        cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    manifest = run_build(cfg, taxonomy=_taxonomy(taxonomy), say=console.print)
+    console.print(f"build directory: {cfg.out} ({manifest['items']} items)")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by `misalign eval`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """A self-contained HTML report over one or more runs (leaderboard, plots, comparisons, reliability)."""
+    from misalign.report import write_report
+
+    write_report(run_dirs, out)
+    console.print(f"wrote {out}")

@@ -5,12 +5,14 @@ from misalign.io.dataset import (
     Dataset,
     bundled_files,
     load_dataset,
+    load_prompts,
     record_to_row,
     write_dataset,
+    write_prompts,
 )
-from misalign.io.formats import DataError, detect_format, read_rows, write_rows
+from misalign.io.formats import DataError, detect_format, iter_rows, read_rows, write_rows
 
 __all__ = [
-    "BUNDLED_DIR", "DataError", "Dataset", "bundled_files", "detect_format", "load_dataset", "read_rows",
-    "record_to_row", "write_dataset", "write_rows",
+    "BUNDLED_DIR", "DataError", "Dataset", "bundled_files", "detect_format", "iter_rows", "load_dataset",
+    "load_prompts", "read_rows", "record_to_row", "write_dataset", "write_prompts", "write_rows",
 ]

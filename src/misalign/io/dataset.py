@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from misalign.io.formats import DataError, detect_format, iter_rows, write_rows
-from misalign.records import Domains, Item, LabelledResponse
+from misalign.records import Domains, Item, LabelledResponse, Prompt
 from misalign.taxonomy import DIMENSIONS, NO_DOMAIN_LABELS, Taxonomy
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "bundled"
@@ -391,3 +391,64 @@ def _validate(path: Path, line: int, model: type[Record], data: dict[str, Any]) 
 
 def _stem(path: Path) -> str:
     return path.name.split(".")[0]
+
+
+def load_prompts(source: str | Path, *, taxonomy: Taxonomy | None = None, mapping: Mapping[str, str] | None = None,
+                 skip_bad: bool = False, rejects: str | Path | None = None) -> tuple[list[Prompt], int]:
+    """Load a prompt pool for Stage I: a prompt column, optional id, domains (kept), the rest as ``meta``.
+
+    Returns the prompts and the number of rows skipped (written to ``rejects``) when ``skip_bad`` is set.
+    """
+    taxonomy = taxonomy or Taxonomy.default()
+    path = Path(source)
+    out: list[Prompt] = []
+    bad: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    known = {"id", "prompt", "domains", "probabilities", "simhash", "duplicate_of", "provenance", "meta"}
+    for line, raw in iter_rows(path):
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            row = _rename(raw, mapping)
+            col = _find(row, "prompt")
+            text = row.get(col) if col else None
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(path, line, col or "prompt", "missing or empty prompt")
+            id_col = _find(row, "id")
+            pid = str(row[id_col]).strip() if id_col and str(row[id_col]).strip() else f"{_stem(path)}-{line}"
+            if pid in seen:
+                raise DataError(path, line, id_col or "id", f"duplicate id {pid!r}")
+            used = {col, id_col or "id"}
+            has_domains = "domains" in row or any(_find(row, d) for d in DIMENSIONS)
+            domains = _domains(path, line, row, taxonomy, used) if has_domains else None
+            meta = _json_obj(path, line, "meta", row.get("meta"))
+            meta.update({k: v for k, v in row.items() if k not in used and k not in known})
+            data = {"id": pid, "prompt": text, "domains": domains, "meta": meta,
+                    "provenance": _json_obj(path, line, "provenance", row.get("provenance"))}
+            for key in ("probabilities", "simhash", "duplicate_of"):
+                value = row.get(key)
+                if value not in (None, ""):
+                    data[key] = json.loads(value) if key == "probabilities" and isinstance(value, str) else value
+            out.append(_validate(path, line, Prompt, data))
+            seen.add(pid)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            bad.append({"file": str(path), "line": line, "field": err.field, "error": err.reason,
+                        "row": raw.raw if isinstance(raw, DataError) else raw})
+    if bad:
+        write_rows(rejects or Path(str(path) + ".rejects.jsonl"), bad)
+    return out, len(bad)
+
+
+def write_prompts(path: str | Path, prompts: Iterable[Prompt]) -> int:
+    """Write prompts; in Parquet the probability vectors become a compact struct of float columns."""
+    fmt = detect_format(path) if Path(path).suffix else "jsonl"
+    rows = (p.model_dump(mode="json", exclude_none=False) for p in prompts)
+    if fmt in ("csv", "tsv"):
+        rows = ({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v for k, v in r.items()}
+                for r in rows)
+    elif fmt == "parquet":
+        rows = ({**r, "meta": json.dumps(r["meta"], ensure_ascii=False),
+                 "provenance": json.dumps(r["provenance"], ensure_ascii=False)} for r in rows)
+    return write_rows(path, rows)

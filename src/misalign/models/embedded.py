@@ -11,6 +11,7 @@ It is not a chat model. It does the two jobs the stages need directly:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -28,12 +29,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MISALIGN_CACHE", Path.home() / ".cache" / "misalign"))
 
 
+def load_wordllama():
+    """WordLlama (l2_supercat, 256-d) from the weights inside its wheel, never downloading.
+
+    Its loader looks for the tokenizer config under ``<package>/tokenizer/`` while the wheel ships it under
+    ``tokenizers/``, and otherwise falls back to a download; we point its cache folder at the shipped files.
+    """
+    try:
+        import wordllama
+        from wordllama import WordLlama
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("the fast encoder needs the [fast] extra: pip install 'misalign-bench[fast]'") from exc
+    folder = cache_dir() / "wordllama"
+    link = folder / "tokenizers"
+    if not link.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process may make it first
+            link.symlink_to(Path(wordllama.__file__).parent / "tokenizers", target_is_directory=True)
+    return WordLlama.load(cache_dir=folder, disable_download=True)
+
+
 class EmbeddedModel:
-    """MiniLM embeddings with a memo of every text embedded in this process, and trained heads."""
+    """Sentence embeddings with a memo of every text embedded in this process, and trained heads.
+
+    ``encoder="minilm"`` (default) is all-MiniLM-L6-v2; ``encoder="wordllama"`` is WordLlama, a static
+    token-embedding model roughly 50x faster and weaker, for classifying very large prompt pools.
+    """
 
     name = "embedded"
 
-    def __init__(self, batch_size: int = 64, max_seq_length: int = MAX_SEQ_LENGTH) -> None:
+    def __init__(self, batch_size: int = 64, max_seq_length: int = MAX_SEQ_LENGTH, encoder: str = "minilm") -> None:
+        if encoder not in ("minilm", "wordllama"):
+            raise ValueError(f"unknown encoder {encoder!r}: minilm or wordllama")
+        self.encoder_name = encoder
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self._encoder = None
@@ -45,6 +73,8 @@ class EmbeddedModel:
 
     @property
     def encoder(self):
+        if self._encoder is None and self.encoder_name == "wordllama":
+            self._encoder = load_wordllama()
         if self._encoder is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -64,7 +94,10 @@ class EmbeddedModel:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings, shape (n, 384). Each distinct text is encoded once per process."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
-        if todo:
+        if todo and self.encoder_name == "wordllama":
+            vecs = np.asarray(self.encoder.embed(todo, norm=True), dtype=np.float32)
+            self._memo.update(zip(todo, vecs, strict=True))
+        elif todo:
             import torch
 
             # Sort by length so each batch pads to similar lengths; encode() would sort too, but per call.
@@ -74,7 +107,7 @@ class EmbeddedModel:
                                            convert_to_numpy=True, show_progress_bar=False)
             self._memo.update(zip(todo, vecs.astype(np.float32), strict=True))
         if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
+            return np.zeros((0, 256 if self.encoder_name == "wordllama" else 384), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
 
     def classify(self, texts: Sequence[str], taxonomy) -> dict[str, np.ndarray]:
@@ -97,7 +130,7 @@ class EmbeddedModel:
         """Identifies the trained judge head (bundled data + head version + settings)."""
         from misalign.io import bundled_files
 
-        h = hashlib.sha256(f"{HEAD_VERSION}:{self.max_seq_length}".encode())
+        h = hashlib.sha256(f"{HEAD_VERSION}:{self.encoder_name}:{self.max_seq_length}".encode())
         for f in bundled_files():
             h.update(f.read_bytes())
         return h.hexdigest()[:16]
