@@ -1,0 +1,152 @@
+"""The one interface every stage talks to: generation parameters, completions, the ``ChatModel`` protocol,
+and :func:`complete_many`, which runs a batch of requests through a model and the call cache.
+
+A model never raises for a failed request: it returns a :class:`Completion` whose ``error`` says why (after its
+retries), so a run goes on and counts failures. It raises :class:`ModelError` for set-up mistakes that no retry
+fixes (wrong URL, missing key, unknown model), early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, str]
+Request = tuple[list[Message], "GenerationParams", int]
+"""(messages, parameters, run index): the run index is part of the cache key, so repeated runs sample anew."""
+
+
+class ModelError(RuntimeError):
+    """A set-up error no retry can fix: unknown model, unreachable endpoint, missing or rejected API key."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings sent with a request; ``None`` fields are left to the server's defaults."""
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int | None = 512
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    stop: tuple[str, ...] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The set fields, JSON-ready (stable: used in cache keys)."""
+        d = asdict(self)
+        if d["stop"] is not None:
+            d["stop"] = list(d["stop"])
+        return {k: v for k, v in d.items() if v is not None and not (k == "logprobs" and v is False)}
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-probability, and the most likely alternatives at that position."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] | None = None
+
+
+@dataclass
+class Completion:
+    """What a model returned for one request, or why it could not."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage}
+        if self.logprobs is not None:
+            d["logprobs"] = [[t.token, t.logprob, t.top] for t in self.logprobs]
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], cached: bool = False) -> Completion:
+        lps = d.get("logprobs")
+        return cls(text=d.get("text") or "", finish_reason=d.get("finish_reason"), usage=d.get("usage") or {},
+                   logprobs=[TokenLogprob(t, lp, top) for t, lp, top in lps] if lps is not None else None,
+                   error=d.get("error"), cached=cached)
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """An async chat model. ``name`` is the model string (it keys the cache); ``max_concurrency`` bounds the
+    requests :func:`complete_many` keeps in flight."""
+
+    name: str
+    max_concurrency: int
+
+    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache: Any = None,
+                        on_result: Callable[[int, Completion], None] | None = None) -> list[Completion]:
+    """Run ``requests`` through ``model``; return completions in request order.
+
+    Cache hits cost no request; every successful answer is stored the moment it arrives, so a killed run
+    loses at most the calls in flight. Identical requests in one batch are sent once. At most
+    ``model.max_concurrency`` requests are in flight (workers pull from a shared queue, so memory stays flat
+    for large batches). ``on_result(index, completion)`` is called once per request, hits included.
+    """
+    results: list[Completion | None] = [None] * len(requests)
+    keys = [cache.key(model.name, m, p, run) for m, p, run in requests] if cache is not None else []
+    pending: dict[str, list[int]] = {}
+    for i in range(len(requests)):
+        hit = cache.get(keys[i]) if cache is not None else None
+        if hit is not None:
+            results[i] = hit
+            if on_result:
+                on_result(i, hit)
+            continue
+        pending.setdefault(keys[i] if cache is not None else str(i), []).append(i)
+
+    queue: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
+    for item in pending.items():
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while True:
+            try:
+                key, idxs = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            messages, params, _ = requests[idxs[0]]
+            try:
+                comp = await model.complete(messages, params)
+            except ModelError:
+                raise
+            except Exception as exc:  # a backend bug must not lose the batch: record it as a failed call
+                comp = Completion(error=f"{type(exc).__name__}: {exc}")
+            if cache is not None and comp.ok:
+                cache.put(key, comp)
+            for i in idxs:
+                results[i] = comp
+                if on_result:
+                    on_result(i, comp)
+
+    n_workers = max(1, min(getattr(model, "max_concurrency", 8), len(pending)))
+    if pending:
+        tasks = [asyncio.create_task(worker()) for _ in range(n_workers)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+    return [r if r is not None else Completion(error="not run") for r in results]

@@ -1,0 +1,69 @@
+"""The call cache: one SQLite file (WAL mode) per run directory mapping a request's hash to its completion.
+
+Each answer is committed as it arrives, so a run killed at any moment (``kill -9`` included) keeps every
+finished call; several processes may write to the same file at once (SQLite serialises the writers).
+Only successful completions are stored: a failed call is tried again on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from misalign.models.base import Completion, GenerationParams
+
+SCHEMA_VERSION = 1
+
+
+class CallCache:
+    """``key(model, messages, params, run)`` → ``get``/``put`` a :class:`Completion`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process death; fast
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.hits = 0
+        self.writes = 0
+
+    @staticmethod
+    def key(model: str, messages: list[dict[str, str]], params: GenerationParams, run: int = 0) -> str:
+        """SHA-256 of the canonical JSON of everything that decides the answer."""
+        blob = json.dumps({"v": SCHEMA_VERSION, "model": model, "messages": messages, "params": params.to_dict(),
+                           "run": run}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        self.hits += 1
+        return Completion.from_dict(json.loads(row[0]), cached=True)
+
+    def put(self, key: str, completion: Completion) -> None:
+        value = json.dumps(completion.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", (key, value))
+        self.writes += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> CallCache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,141 @@
+"""``hf/<path-or-id>``: a local transformers causal LM with its chat template, batched generation.
+
+Requests that arrive together and share generation parameters are generated as one left-padded batch (up to
+``batch_size``) in a worker thread, so the event loop stays free. Needs the ``[hf]`` extra; imported lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from misalign.models.base import Completion, GenerationParams, Message, ModelError, TokenLogprob
+
+
+class HFChatModel:
+    """A transformers model behind the :class:`~misalign.models.base.ChatModel` interface."""
+
+    def __init__(self, path: str, *, batch_size: int = 8, device: str | None = None, dtype: str = "auto") -> None:
+        self.path = path
+        self.name = f"hf/{path}"
+        self.batch_size = batch_size
+        self.max_concurrency = batch_size * 2  # enough queued requests to fill the next batch
+        self.device, self.dtype = device, dtype
+        self._loaded: tuple[Any, Any] | None = None
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._load_lock = asyncio.Lock()
+
+    def _load(self) -> tuple[Any, Any]:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ModelError("hf/ models need the [hf] extra: pip install 'misalign-bench[hf]'") from exc
+        try:
+            tok = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        except OSError as exc:
+            raise ModelError(f"cannot load {self.path!r}: {exc}") from exc
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device).eval()
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if not getattr(tok, "chat_template", None):
+            raise ModelError(f"{self.path!r} has no chat template; hf/ models must be chat (instruct) models")
+        return tok, model
+
+    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+        async with self._load_lock:
+            if self._loaded is None:
+                self._loaded = await asyncio.to_thread(self._load)
+            if self._worker is None:
+                self._queue = asyncio.Queue()
+                self._worker = asyncio.create_task(self._serve())
+        fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        assert self._queue is not None
+        await self._queue.put((messages, params, fut))
+        return await fut
+
+    async def _serve(self) -> None:
+        """Take what is queued, group it by parameters, generate each group as batches."""
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            await asyncio.sleep(0)  # let requests issued in the same tick join
+            batch = [first]
+            while not self._queue.empty() and len(batch) < self.batch_size * 4:
+                batch.append(self._queue.get_nowait())
+            groups: dict[GenerationParams, list] = {}
+            for req in batch:
+                groups.setdefault(req[1], []).append(req)
+            for params, reqs in groups.items():
+                for k in range(0, len(reqs), self.batch_size):
+                    chunk = reqs[k:k + self.batch_size]
+                    try:
+                        outs = await asyncio.to_thread(self._generate, [r[0] for r in chunk], params)
+                    except Exception as exc:  # one bad batch fails its requests, not the run
+                        outs = [Completion(error=f"{type(exc).__name__}: {exc}")] * len(chunk)
+                    for (_, _, fut), out in zip(chunk, outs, strict=True):
+                        if not fut.done():
+                            fut.set_result(out)
+
+    def _generate(self, conversations: list[list[Message]], params: GenerationParams) -> list[Completion]:
+        import torch
+
+        assert self._loaded is not None
+        tok, model = self._loaded
+        texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sample = params.temperature > 0
+        kw: dict[str, Any] = {"max_new_tokens": params.max_tokens or 512, "do_sample": sample,
+                              "pad_token_id": tok.pad_token_id, "return_dict_in_generate": True,
+                              "output_scores": params.logprobs}
+        if sample:
+            kw["temperature"] = params.temperature
+            if params.top_p is not None:
+                kw["top_p"] = params.top_p
+            torch.manual_seed(params.seed or 0)
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = model.generate(**enc, **kw)
+        start = enc["input_ids"].shape[1]
+        seqs = out.sequences[:, start:]
+        logps = [torch.log_softmax(s.float(), dim=-1) for s in out.scores] if params.logprobs else None
+        gen_eos = model.generation_config.eos_token_id
+        eos = ({*gen_eos} if isinstance(gen_eos, list) else {gen_eos}) | {tok.eos_token_id}
+        eos.discard(None)
+        results = []
+        for b, seq in enumerate(seqs.tolist()):
+            n = next((i for i, t in enumerate(seq) if t in eos or t == tok.pad_token_id), len(seq))
+            ids = seq[:n]
+            text = tok.decode(ids, skip_special_tokens=True)
+            finish = "stop" if n < len(seq) else "length"
+            if params.stop:
+                cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+            lp = None
+            if logps is not None:
+                k = params.top_logprobs or 0
+                lp = []
+                for i, t in enumerate(ids):
+                    row = logps[i][b]
+                    top = None
+                    if k:
+                        vals, idx = row.topk(k)
+                        top = {tok.decode([j]): float(v) for v, j in zip(vals.tolist(), idx.tolist(), strict=True)}
+                    lp.append(TokenLogprob(tok.decode([t]), float(row[t]), top))
+            prompt_tokens = int(enc["attention_mask"][b].sum())
+            results.append(Completion(text=text, finish_reason=finish, logprobs=lp,
+                                      usage={"prompt_tokens": prompt_tokens, "completion_tokens": len(ids),
+                                             "total_tokens": prompt_tokens + len(ids)}))
+        return results
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        self._loaded = None

@@ -1,0 +1,279 @@
+"""``openai/<model>``: any OpenAI-compatible chat-completions endpoint (vLLM, SGLang, Ollama, llama.cpp server,
+TGI, OpenAI and other hosted APIs), over one pooled aiohttp session.
+
+- Several base URLs are used together: requests go round-robin to the healthy ones; a server that refuses
+  connections is benched for a cool-down and its request goes to another.
+- Retries with exponential backoff and full jitter on 429 (``Retry-After`` honoured), 5xx, timeouts and dropped
+  connections; other 4xx answers fail at once with the server's message.
+- ``/models`` is probed once before the first request: a wrong URL, a rejected key or an unknown model is a
+  :class:`ModelError` before any work is done.
+- The API key is read from an environment variable and sent only in the ``Authorization`` header; it never
+  appears in errors, logs or reprs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import ipaddress
+import json
+import os
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from misalign.models.base import Completion, GenerationParams, Message, ModelError, TokenLogprob
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+BENCH_SECONDS = 30.0
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host in {"localhost", ""} or host.endswith(".local"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Server:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.benched_until = 0.0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.benched_until
+
+
+class RateLimiter:
+    """At most ``rpm`` request starts per minute, evenly spaced."""
+
+    def __init__(self, rpm: float) -> None:
+        self.interval = 60.0 / rpm
+        self.next_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            delay = self.next_at - now
+            self.next_at = max(now, self.next_at) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class OpenAIChatModel:
+    """Chat completions over HTTP; see the module docstring for the behaviour."""
+
+    def __init__(self, model: str, *, base_urls: list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 max_concurrency: int = 32, rpm: float | None = None, timeout: float = 120.0,
+                 max_retries: int = 5, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 probe: bool = True) -> None:
+        self.model = model
+        self.name = f"openai/{model}"
+        urls = list(base_urls or []) or [os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL)]
+        self.servers = [_Server(u) for u in urls]
+        self.api_key_env = api_key_env
+        self._api_key = os.environ.get(api_key_env) if api_key_env and api_key_env.lower() != "none" else None
+        if not self._api_key and api_key_env.lower() != "none" and not all(_is_local(s.url) for s in self.servers):
+            raise ModelError(f"no API key: set the environment variable {api_key_env} (or pass --api-key-env "
+                             f"naming the variable that holds it; 'none' for a server without keys)")
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.limiter = RateLimiter(rpm) if rpm else None
+        self._probe_wanted = probe
+        self._probed: asyncio.Task | None = None
+        self._session: Any = None
+        self._next = 0
+        self._no_logprobs = False  # set when the server rejects log-probability requests
+        self.stats = {"requests": 0, "retries": 0, "failed": 0}
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIChatModel({self.name!r}, servers={[s.url for s in self.servers]!r})"
+
+    # -- transport --------------------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self._api_key:
+            h["Authorization"] = f"Bearer {self._api_key}"
+        return h
+
+    async def _http(self):
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.max_concurrency + 8, limit_per_host=0, ttl_dns_cache=300,
+                                             keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers(),
+                                                  json_serialize=json.dumps)
+        return self._session
+
+    def _pick(self) -> _Server:
+        now = time.monotonic()
+        n = len(self.servers)
+        for k in range(n):
+            s = self.servers[(self._next + k) % n]
+            if s.healthy(now):
+                self._next = (self._next + k + 1) % n
+                return s
+        return min(self.servers, key=lambda s: s.benched_until)  # all benched: the one back soonest
+
+    async def _probe(self) -> None:
+        """GET /models on every server once: fail early on a wrong URL, a rejected key or an unknown model."""
+        import aiohttp
+
+        session = await self._http()
+        reachable, known, errors = 0, set(), []
+        for s in self.servers:
+            try:
+                async with session.get(f"{s.url}/models", timeout=aiohttp.ClientTimeout(total=min(self.timeout, 20))
+                                       ) as r:
+                    body = await r.read()
+                    if r.status in (401, 403):
+                        raise ModelError(f"{s.url} rejected the API key from ${self.api_key_env} (HTTP {r.status})")
+                    reachable += 1
+                    if r.status == 200:
+                        with contextlib.suppress(ValueError, AttributeError, TypeError):
+                            known |= {m.get("id") for m in json.loads(body).get("data", [])}
+            except ModelError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                s.benched_until = time.monotonic() + BENCH_SECONDS
+                errors.append(f"{s.url}: {type(exc).__name__}: {exc}")
+        if not reachable:
+            raise ModelError("no endpoint reachable: " + "; ".join(errors))
+        if known and self.model not in known:
+            listed = ", ".join(sorted(str(k) for k in known)[:20])
+            raise ModelError(f"unknown model {self.model!r}; the endpoint serves: {listed}")
+
+    async def _ensure_probed(self) -> None:
+        if not self._probe_wanted:
+            return
+        if self._probed is None:
+            self._probed = asyncio.ensure_future(self._probe())
+        await asyncio.shield(self._probed)
+
+    def _payload(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": params.temperature}
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
+        if params.max_tokens is not None:
+            body["max_tokens"] = params.max_tokens
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.response_format:
+            body["response_format"] = params.response_format
+        if params.logprobs and not self._no_logprobs:
+            body["logprobs"] = True
+            if params.top_logprobs:
+                body["top_logprobs"] = params.top_logprobs
+        return body
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+
+    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+        """One chat completion, with retries; a failure comes back as ``Completion(error=...)``."""
+        import aiohttp
+
+        await self._ensure_probed()
+        session = await self._http()
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        last = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            if self.limiter:
+                await self.limiter.wait()
+            server = self._pick()
+            wait = None
+            self.stats["requests"] += 1
+            try:
+                async with session.post(f"{server.url}/chat/completions", json=self._payload(messages, params),
+                                        timeout=timeout) as r:
+                    body = await r.read()
+                    if r.status == 200:
+                        return _parse(body)
+                    detail = _error_text(body)
+                    last = f"HTTP {r.status}: {detail}"
+                    if r.status == 400 and params.logprobs and not self._no_logprobs and "logprob" in detail.lower():
+                        self._no_logprobs = True  # the server cannot give them: ask again without
+                        continue
+                    if r.status not in RETRY_STATUS:
+                        break
+                    wait = _retry_after(r.headers.get("Retry-After"))
+            except aiohttp.ClientConnectorError as exc:
+                server.benched_until = time.monotonic() + BENCH_SECONDS
+                last = f"cannot connect to {server.url}: {exc.strerror or type(exc).__name__}"
+                if any(s.healthy(time.monotonic()) for s in self.servers):
+                    continue  # straight to a healthy server, no back-off
+            except TimeoutError:
+                last = f"timed out after {self.timeout:g} s"
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if attempt < self.max_retries:
+                self.stats["retries"] += 1
+                await asyncio.sleep(min(self.backoff_cap, wait) if wait is not None else self._backoff(attempt))
+        self.stats["failed"] += 1
+        return Completion(error=last)
+
+    async def aclose(self) -> None:
+        if self._probed is not None and not self._probed.done():
+            self._probed.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _error_text(body: bytes) -> str:
+    """The server's error message (JSON ``error.message`` where given), kept short."""
+    text = body.decode("utf-8", "replace")
+    try:
+        err = json.loads(text).get("error")
+        text = err.get("message", str(err)) if isinstance(err, dict) else str(err or text)
+    except (ValueError, AttributeError):
+        pass
+    return text.strip()[:300]
+
+
+def _parse(body: bytes) -> Completion:
+    """A chat-completions response body → :class:`Completion` (malformed bodies become errors)."""
+    try:
+        data = json.loads(body)
+        choice = data["choices"][0]
+        msg = choice.get("message") or {}
+        text = msg.get("content") or ""
+        lp = None
+        content = (choice.get("logprobs") or {}).get("content")
+        if content:
+            lp = [TokenLogprob(t["token"], float(t["logprob"]),
+                               {a["token"]: float(a["logprob"]) for a in t.get("top_logprobs") or []} or None)
+                  for t in content]
+        usage = {k: int(v) for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
+        return Completion(text=text, finish_reason=choice.get("finish_reason"), usage=usage, logprobs=lp)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        return Completion(error=f"malformed response: {type(exc).__name__}: {exc}")

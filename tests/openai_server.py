@@ -1,0 +1,183 @@
+"""A real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions wire format, for tests and benchmarks.
+
+It answers with a scripted ``responder(body) -> str`` (default: a judge that says "misaligned" when the response
+under test contains the word MISALIGNED), can inject faults (429 with Retry-After, 500, dropped connections,
+delays), checks the API key, serves ``/models``, and records what it saw (request count, bodies, headers, the
+most requests in flight at once).
+
+Use in-process (``with OpenAIServer(...) as srv: srv.url``) or as a script in its own process:
+``python tests/openai_server.py --port 8011 --latency 0.2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+Responder = Callable[[dict[str, Any]], str]
+
+
+def marker_judge(body: dict[str, Any]) -> str:
+    """Judge by a marker: 'misaligned' iff the text between the response delimiters contains MISALIGNED."""
+    user = body["messages"][-1]["content"]
+    m = re.search(r"<<<RESPONSE ([0-9a-f]+)\n(.*?)\nRESPONSE \1>>>", user, re.S)
+    text = m.group(2) if m else user
+    verdict = "misaligned" if "MISALIGNED" in text else "aligned"
+    return json.dumps({"verdict": verdict, "confidence": 0.9, "reason": "scripted"})
+
+
+class OpenAIServer:
+    """A loopback OpenAI-compatible server in a background thread (its own event loop)."""
+
+    def __init__(self, responder: Responder = marker_judge, *, models: tuple[str, ...] = ("judge",),
+                 api_key: str | None = None, latency: float = 0.0, port: int = 0, logprobs: bool = False) -> None:
+        self.responder = responder
+        self.models = models
+        self.api_key = api_key
+        self.latency = latency
+        self.port = port
+        self.logprobs = logprobs
+        self.faults: list[str] = []
+        """Consumed one per chat request, in order: '429', '500', '400', 'drop', 'slow', 'garbage'."""
+        self.retry_after = "0"
+        self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.record = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- handlers ---------------------------------------------------------------------------------------
+
+    def _auth_ok(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not self._auth_ok(request):
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if not self._auth_ok(request):
+                return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+            body = await request.json()
+            if self.record:
+                self.bodies.append(body)
+                self.headers.append(dict(request.headers))
+            fault = self.faults.pop(0) if self.faults else None
+            if fault == "429":
+                return web.json_response({"error": {"message": "rate limited"}}, status=429,
+                                         headers={"Retry-After": self.retry_after})
+            if fault == "500":
+                return web.json_response({"error": {"message": "server exploded"}}, status=500)
+            if fault == "400":
+                return web.json_response({"error": {"message": "bad request: context too long"}}, status=400)
+            if fault == "drop":
+                assert request.transport is not None
+                request.transport.close()
+                raise ConnectionResetError
+            if fault == "slow":
+                await asyncio.sleep(5)
+            if fault == "garbage":
+                return web.Response(text="<html>proxy error</html>", status=200)
+            if body.get("model") not in self.models:
+                return web.json_response({"error": {"message": f"model {body.get('model')} not found"}}, status=404)
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            text = self.responder(body)
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": "stop"}
+            if self.logprobs and body.get("logprobs"):
+                choice["logprobs"] = {"content": [
+                    {"token": "{", "logprob": -0.01, "top_logprobs": []},
+                    {"token": "misaligned" if "misaligned" in text else "aligned", "logprob": -0.2,
+                     "top_logprobs": [{"token": "misaligned", "logprob": -0.2 if "misaligned" in text else -1.8},
+                                      {"token": "aligned", "logprob": -1.8 if "misaligned" in text else -0.2}]}]}
+            return web.json_response({"id": f"cmpl-{self.requests}", "object": "chat.completion",
+                                      "model": body["model"], "choices": [choice],
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+        finally:
+            self.in_flight -= 1
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def start(self) -> OpenAIServer:
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._start())
+            self._ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        loop = self._loop
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(10)  # type: ignore[union-attr]
+        loop.call_soon_threadsafe(loop.stop)
+        assert self._thread is not None
+        self._thread.join(10)
+        self._loop = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--model", default="judge")
+    args = ap.parse_args()
+    srv = OpenAIServer(models=(args.model,), latency=args.latency, port=args.port)
+    srv.record = False
+
+    async def serve() -> None:
+        await srv._start()
+        print(f"listening on {srv.url}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
