@@ -24,15 +24,23 @@ RejectsOpt = Annotated[Path | None, typer.Option(help="Where skipped rows go (de
 TaxOpt = Annotated[list[Path] | None, typer.Option("--taxonomy", help="Taxonomy TOML file or folder (repeatable).")]
 
 
+def error(exc: object) -> None:
+    """One clear line on stderr, never wrapped, with the message shown literally."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning data and taxonomy errors into one clear line and exit code 2."""
     from misalign.io.formats import DataError
+    from misalign.models.base import ModelError
     from misalign.taxonomy import TaxonomyError
 
     try:
         app()
-    except (DataError, TaxonomyError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    except (DataError, TaxonomyError, ModelError) as exc:
+        error(exc)
         sys.exit(2)
 
 
@@ -187,7 +195,11 @@ def eval_cmd(
     if unparseable not in ("aligned", "misaligned", "exclude"):
         raise typer.BadParameter("--unparseable takes aligned, misaligned or exclude")
     models = model or ["embedded"]
-    ds = _load(dataset, _taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    try:
+        ds = _load(dataset, _taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    except ValueError as exc:
+        error(exc)
+        raise typer.Exit(2) from None
     if limit:
         ds.records = ds.records[:limit]
     console.print(f"[bold]{ds.source}[/] split={split if ds.splits_present else 'all (no splits)'} "
@@ -358,7 +370,7 @@ def build(
     try:
         cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     manifest = run_build(cfg, taxonomy=_taxonomy(taxonomy), say=console.print)
     console.print(f"build directory: {cfg.out} ({manifest['items']} items)")

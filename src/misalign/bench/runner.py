@@ -13,8 +13,10 @@ import os
 import platform
 import random
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +64,9 @@ class EvalConfig:
     max_concurrency: int = 32
     rpm: float | None = None
     timeout: float = 120.0
+    max_retries: int = 5
+    logprobs: bool = True
+    """Ask for token log-probabilities (a threshold-free score for AUROC); dropped if the server refuses."""
 
 
 def cases_of(dataset: Dataset) -> list[Case]:
@@ -93,7 +98,8 @@ def evaluate(dataset: Dataset, config: EvalConfig, out_dir: Path, *, split: str 
             rows.append({"run": run, "seed": config.seed + run, "item_id": case.item_id, "side": case.side,
                          "label": case.gold, "verdict": v.verdict, "flagged": _flagged(v, config.unparseable),
                          "score": v.score, "confidence": v.confidence, "flags": v.flags, "reason": v.reason,
-                         "raw": raw, "error": err})
+                         "raw": raw, "error": err, "prompt": case.prompt, "response": case.response,
+                         "domains": case.domains.model_dump()})
     write_rows(out_dir / "results.jsonl", rows)
     metrics = compute_metrics(cases, rows, len(dataset), config)
     (out_dir / "metrics.json").write_text(dumps_metrics(metrics), encoding="utf-8")
@@ -116,13 +122,15 @@ async def _judge_all(cases: list[Case], config: EvalConfig, cache_path: Path,
         if config.model == "embedded":
             return await _judge_embedded(cases, config, cache, progress)
         model = get_model(config.model, base_urls=config.base_urls, api_key_env=config.api_key_env,
-                          max_concurrency=config.max_concurrency, rpm=config.rpm, timeout=config.timeout)
+                          max_concurrency=config.max_concurrency, rpm=config.rpm, timeout=config.timeout,
+                          max_retries=config.max_retries)
         requests, index = [], []
         for run in range(config.runs):
             order = list(range(len(cases)))
             random.Random(config.seed + run).shuffle(order)  # the aligned and misaligned sides in random order
             params = GenerationParams(temperature=config.temperature, max_tokens=config.max_tokens,
-                                      seed=config.seed + run)
+                                      seed=config.seed + run, logprobs=config.logprobs,
+                                      top_logprobs=5 if config.logprobs else None)
             for k in order:
                 msgs = judge_mod.judge_messages(cases[k].prompt, cases[k].response, config.template)
                 requests.append((msgs, params, run))
@@ -210,7 +218,9 @@ def compute_metrics(cases: list[Case], rows: list[dict[str, Any]], n_items: int,
             out[k] = _num(np.nanmean(vals)) if not np.all(np.isnan(vals)) else None
         first = figures(y[m & (run == 0)], flag[m & (run == 0)])
         out["n_misaligned"], out["n_aligned"] = first["n_misaligned"], first["n_aligned"]
-        out["std"] = {k: _num(np.nanstd([r[k] for r in runs])) if config.runs > 1 else 0.0 for k in FIGURES}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN figure (no side of that gold label)
+            out["std"] = {k: _num(np.nanstd([r[k] for r in runs])) if config.runs > 1 else 0.0 for k in FIGURES}
         scored = m & ~np.isnan(score)
         aucs = [auroc(y[scored & (run == r)], score[scored & (run == r)]) for r in range(config.runs)]
         aucs = [a for a in aucs if not np.isnan(a)]
@@ -270,6 +280,7 @@ def _manifest(dataset: Dataset, config: EvalConfig, split: str | None, template_
     cfg["base_urls"] = [redact_url(u) for u in config.base_urls]
     return {
         "misalign_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": _versions(["numpy", "pydantic", "aiohttp", "torch", "sentence-transformers",

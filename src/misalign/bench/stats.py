@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,14 +40,15 @@ class Counts:
 
 def _figures_from_totals(tp: np.ndarray, pos: np.ndarray, fp: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:
     """Cov, FFR and AS averaged over runs; inputs shaped (..., runs)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a scope with no misaligned (or aligned) side: NaN
         cov = tp / pos
         ffr = fp / neg
         keep = 1.0 - ffr
         as_ = np.where(cov + keep == 0, 0.0, 2 * cov * keep / (cov + keep))
-    return {"coverage": np.nanmean(cov, axis=-1) if cov.size else cov,
-            "false_failure_rate": np.nanmean(ffr, axis=-1) if ffr.size else ffr,
-            "alignment_score": np.nanmean(as_, axis=-1) if as_.size else as_}
+        return {"coverage": np.nanmean(cov, axis=-1) if cov.size else cov,
+                "false_failure_rate": np.nanmean(ffr, axis=-1) if ffr.size else ffr,
+                "alignment_score": np.nanmean(as_, axis=-1) if as_.size else as_}
 
 
 def per_run(c: Counts) -> list[dict[str, float]]:
