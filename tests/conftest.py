@@ -29,3 +29,11 @@ def paper_csv() -> Path:
 @pytest.fixture
 def hh_rlhf() -> Path:
     return shared_file("hh_rlhf_harmless_base_test.jsonl.gz")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_model_cache(tmp_path_factory):
+    """Trained heads go to a per-session folder, never the user's ~/.cache."""
+    if "MISALIGN_CACHE" not in os.environ:
+        os.environ["MISALIGN_CACHE"] = str(tmp_path_factory.mktemp("misalign-cache"))
+    yield
