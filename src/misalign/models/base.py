@@ -108,8 +108,9 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
     results: list[Completion | None] = [None] * len(requests)
     keys = [cache.key(model.name, m, p, run) for m, p, run in requests] if cache is not None else []
     pending: dict[str, list[int]] = {}
+    found = cache.get_many(keys) if cache is not None else {}
     for i in range(len(requests)):
-        hit = cache.get(keys[i]) if cache is not None else None
+        hit = found.get(keys[i]) if cache is not None else None
         if hit is not None:
             results[i] = hit
             if on_result:

@@ -48,6 +48,19 @@ class CallCache:
         self.hits += 1
         return Completion.from_dict(json.loads(row[0]), cached=True)
 
+    def get_many(self, keys: list[str]) -> dict[str, Completion]:
+        """The cached completions among ``keys`` (one query per 500 keys)."""
+        found: dict[str, Completion] = {}
+        for k in range(0, len(keys), 500):
+            chunk = keys[k:k + 500]
+            with self._lock:
+                rows = self._db.execute(f"SELECT key, value FROM calls WHERE key IN ({','.join('?' * len(chunk))})",
+                                        chunk).fetchall()
+            for key, value in rows:
+                found[key] = Completion.from_dict(json.loads(value), cached=True)
+        self.hits += len(found)
+        return found
+
     def put(self, key: str, completion: Completion) -> None:
         value = json.dumps(completion.to_dict(), ensure_ascii=False, separators=(",", ":"))
         with self._lock:

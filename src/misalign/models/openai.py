@@ -108,6 +108,7 @@ class OpenAIChatModel:
         self._probed: asyncio.Task | None = None
         self._session: Any = None
         self._next = 0
+        self._timeout: Any = None
         self._no_logprobs = False  # set when the server rejects log-probability requests
         self.stats = {"requests": 0, "retries": 0, "failed": 0}
 
@@ -128,6 +129,7 @@ class OpenAIChatModel:
 
             connector = aiohttp.TCPConnector(limit=self.max_concurrency + 8, limit_per_host=0, ttl_dns_cache=300,
                                              keepalive_timeout=60)
+            self._timeout = aiohttp.ClientTimeout(total=self.timeout)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers(),
                                                   json_serialize=json.dumps)
         return self._session
@@ -173,6 +175,9 @@ class OpenAIChatModel:
     async def _ensure_probed(self) -> None:
         if not self._probe_wanted:
             return
+        if self._probed is not None and self._probed.done():
+            self._probed.result()  # re-raises a probe failure
+            return
         if self._probed is None:
             self._probed = asyncio.ensure_future(self._probe())
         await asyncio.shield(self._probed)
@@ -204,7 +209,7 @@ class OpenAIChatModel:
 
         await self._ensure_probed()
         session = await self._http()
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        timeout = self._timeout
         last = "no attempt made"
         for attempt in range(self.max_retries + 1):
             if self.limiter:
