@@ -342,6 +342,140 @@ def dedup(
     console.print(f"kept {len(kept)}, dropped {len(gone)} near-duplicates (tau={tau}) of {len(prompts)}")
 
 
+def _step_models(names: list[str], base_url: list[str] | None, api_key_env: str, max_concurrency: int):
+    from misalign.models import get_model
+
+    return {n: get_model(n, base_urls=base_url or [], api_key_env=api_key_env, max_concurrency=max_concurrency)
+            for n in dict.fromkeys(names)}
+
+
+async def _close_all(models) -> None:
+    for m in models.values():
+        await m.aclose()
+
+
+KeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key.")]
+CacheOpt = Annotated[Path | None, typer.Option(help="SQLite call cache (default: next to --out).")]
+
+
+@app.command()
+def expand(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Classified prompts (from `misalign classify`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The prompts plus the new ones.")],
+    generator: Annotated[str, typer.Option(help="Chat model that writes new prompts.")],
+    target_per_domain: Annotated[int, typer.Option(min=1, help="Domains below this count are expanded.")] = 50,
+    max_new: Annotated[int, typer.Option(min=0, help="Budget of new prompts.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    delta: Annotated[float, typer.Option(help="Re-classification threshold.")] = 0.5,
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 32, cache: CacheOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 2: new prompts for low-resource domains, kept only if re-classified into their domain."""
+    import asyncio
+    import json as _json
+
+    from misalign.build import classify as cl
+    from misalign.build import generate as gen
+    from misalign.io import load_prompts, write_prompts
+    from misalign.models import CallCache
+    from misalign.models.embedded import EmbeddedModel
+
+    tax = _taxonomy(taxonomy)
+    prompts, _ = load_prompts(input, taxonomy=tax)
+    embedded = EmbeddedModel()
+    models = _step_models([generator], base_url, api_key_env, max_concurrency)
+
+    async def run():
+        with CallCache(cache or out.with_name(out.name + ".cache.sqlite")) as cc:
+            try:
+                return await gen.expand(prompts, models[generator], tax,
+                                        lambda ps: cl.classify_embedded(ps, tax, delta=delta, model=embedded),
+                                        target_per_domain=target_per_domain, max_new=max_new, seed=seed, cache=cc)
+            finally:
+                await _close_all(models)
+
+    new, rep = asyncio.run(run())
+    write_prompts(out, prompts + new)
+    out.with_name(out.name + ".report.json").write_text(_json.dumps(rep.__dict__, indent=2))
+    console.print(f"wrote {len(prompts) + len(new)} prompts to {out} ({len(new)} new, "
+                  f"{sum(rep.generated.values())} written by the generator)")
+
+
+@app.command()
+def respond(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Deduplicated prompts with domains.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Candidates (JSONL): one aligned and one misaligned.")],
+    generator: Annotated[list[str], typer.Option(help="Response generator (repeatable; balanced, seeded).")],
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    max_tokens: Annotated[int, typer.Option()] = 512,
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 32, cache: CacheOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 4: an aligned and a misaligned candidate response for every prompt."""
+    import asyncio
+
+    from misalign.build import generate as gen
+    from misalign.io import load_prompts, write_rows
+    from misalign.models import CallCache
+
+    prompts, _ = load_prompts(input, taxonomy=_taxonomy(taxonomy))
+    models = _step_models(generator, base_url, api_key_env, max_concurrency)
+
+    async def run():
+        with CallCache(cache or out.with_name(out.name + ".cache.sqlite")) as cc:
+            try:
+                return await gen.respond(prompts, models, seed=seed, temperature=temperature, max_tokens=max_tokens,
+                                         cache=cc)
+            finally:
+                await _close_all(models)
+
+    cands = asyncio.run(run())
+    write_rows(out, (gen.candidate_to_row(c) for c in cands))
+    failed = sum(bool(c.errors) for c in cands)
+    note = f"; {failed} with a failed generation" if failed else ""
+    console.print(f"wrote {len(cands)} candidates to {out}{note}")
+
+
+@app.command("filter")
+def filter_cmd(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Candidates from `misalign respond`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Accepted paired items (our schema).")],
+    judge: Annotated[str, typer.Option(help="Judge model; must not be one of the generators.")],
+    generator: Annotated[list[str], typer.Option(help="Generators that regenerate rejected sides.")],
+    max_rounds: Annotated[int, typer.Option(min=0, help="Feedback-guided regeneration rounds.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 32, cache: CacheOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
+    import asyncio
+    import json as _json
+
+    from misalign.build import generate as gen
+    from misalign.io import iter_rows, write_dataset
+
+    tax = _taxonomy(taxonomy)
+    cands = [gen.candidate_from_row(row, tax) for _, row in iter_rows(input)]
+    models = _step_models([*generator, judge], base_url, api_key_env, max_concurrency)
+
+    async def run():
+        from misalign.models import CallCache
+
+        with CallCache(cache or out.with_name(out.name + ".cache.sqlite")) as cc:
+            try:
+                return await gen.reject_sample(cands, models[judge], {g: models[g] for g in generator},
+                                               max_rounds=max_rounds, seed=seed, cache=cc)
+            finally:
+                await _close_all(models)
+
+    items, rep = asyncio.run(run())
+    write_dataset(out, items)
+    out.with_name(out.name + ".report.json").write_text(_json.dumps(rep.__dict__, indent=2))
+    console.print(f"wrote {len(items)} items to {out}: {rep.accepted_first} accepted at once, "
+                  f"{rep.accepted_after_feedback} after feedback, {rep.dropped} dropped")
+
+
 @app.command()
 def build(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML build config.")] = None,

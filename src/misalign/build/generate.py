@@ -181,6 +181,23 @@ class Candidate:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def candidate_to_row(c: Candidate) -> dict[str, Any]:
+    """A candidate as a flat row (the prompt record in full, so `misalign filter` can read it back)."""
+    from misalign.io import record_to_row
+
+    return {**record_to_row(c.prompt), "generator": c.generator, "texts": c.texts, "rounds": c.rounds,
+            "verdicts": c.verdicts, "errors": c.errors}
+
+
+def candidate_from_row(row: dict[str, Any], taxonomy: Taxonomy) -> Candidate:
+    """The inverse of :func:`candidate_to_row`."""
+    extra = ("generator", "texts", "rounds", "verdicts", "errors")
+    prompt = Prompt.model_validate({k: v for k, v in row.items() if k not in extra})
+    return Candidate(prompt=prompt, generator=row["generator"], texts=dict(row.get("texts") or {}),
+                     verdicts=row.get("verdicts") or {k: [] for k in KINDS},
+                     rounds=row.get("rounds") or dict.fromkeys(KINDS, 0), errors=row.get("errors") or {})
+
+
 def assign_generators(n: int, generators: Sequence[str], seed: int) -> list[str]:
     """Seeded, balanced assignment: counts differ by at most one."""
     order = list(range(n))

@@ -226,7 +226,7 @@ async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None]) -> d
             items, rep = await gen.reject_sample(cands, judge, gens, max_rounds=cfg.max_rounds, seed=cfg.seed,
                                                  temperature=cfg.temperature, top_p=cfg.top_p,
                                                  max_tokens=cfg.max_tokens, cache=cache)
-            write_rows(out / "04_candidates.jsonl", (_candidate_row(c) for c in cands))
+            write_rows(out / "04_candidates.jsonl", (gen.candidate_to_row(c) for c in cands))
             (out / "filter_report.json").write_text(json.dumps(rep.__dict__, indent=2))
             manifest["filter"] = rep.__dict__
             say(f"filter: {rep.accepted_first} accepted at once, {rep.accepted_after_feedback} after feedback, "
@@ -275,8 +275,3 @@ def _count_table(path: Path, prompts: list[Prompt], tax: Taxonomy) -> None:
 
     counts = domain_counts(prompts, tax)
     write_rows(path, ({"dimension": dim, "domain": name, "count": n} for (dim, name), n in counts.items()))
-
-
-def _candidate_row(c) -> dict[str, Any]:
-    return {"id": c.prompt.id, "prompt": c.prompt.prompt, "generator": c.generator, "texts": c.texts,
-            "rounds": c.rounds, "verdicts": c.verdicts, "errors": c.errors}

@@ -149,7 +149,9 @@ def _write(p: Path, fmt: Format, rows: Iterable[dict[str, Any]], gz: bool) -> in
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(list(rows))
+        rows = list(rows)
+        columns = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+        table = pa.table({k: pa.array(v, type=pa.uint64() if k == "simhash" else None) for k, v in columns.items()})
         pq.write_table(table, p, compression="zstd")
         return table.num_rows
     opener = gzip.open if gz else open
