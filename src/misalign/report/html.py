@@ -1,0 +1,488 @@
+"""HTML rendering of the report. Every value that comes from a run directory goes through :func:`e`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from misalign import __version__
+from misalign.report import analysis, plots
+from misalign.report.data import SIDES, Run, fig, fig_pair
+from misalign.taxonomy import DIMENSIONS, Taxonomy
+
+FIGS = ("coverage", "false_failure_rate", "alignment_score")
+FIG_SHORT = {"coverage": "Cov", "false_failure_rate": "FFR", "alignment_score": "AS"}
+DIM_TITLES = {"safety": "Safety", "value": "Value", "cultural": "Cultural"}
+MAX_TEXT = 2000
+"""Characters of a prompt, response or raw answer shown per example."""
+SECRET_RE = re.compile(r"key|token|secret|password|passwd|credential|authorization", re.I)
+"""Config keys (and command-line options) whose values never appear in the report."""
+CSS = (Path(__file__).parent / "report.css").read_text(encoding="utf-8")
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+"""The page allows no scripts, fonts or network requests at all (defence in depth on top of escaping)."""
+SECTIONS = (("leaderboard", "Leaderboard"), ("scatter", "Coverage vs 1 − FFR"),
+            ("dimensions", "Alignment Score per dimension"), ("tradeoffs", "Trade-offs between dimensions"),
+            ("domains", "Alignment Score per domain"), ("worst", "Worst domains and examples"),
+            ("comparisons", "Paired comparisons"), ("reliability", "Judge reliability"),
+            ("provenance", "Runs and provenance"))
+
+
+def e(value: Any) -> str:
+    """HTML-escape any value for text and (quoted) attributes."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage with ``digits`` decimals; "—" when missing."""
+    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; "—" when missing."""
+    return "—" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value for a table cell."""
+    if p is None or not np.isfinite(p):
+        return "—"
+    return "&lt; 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _std(block: dict[str, Any], name: str) -> float | None:
+    s = block.get("std")
+    return fig(s, name) if isinstance(s, dict) else None
+
+
+def stat_cell(block: dict[str, Any], ci: dict[str, Any], name: str, sep: bool = False) -> str:
+    """A table cell "mean ± std" with the 95% CI beneath; a hatched empty cell when there is no value."""
+    cls = " sep" if sep else ""
+    mean = fig(block, name)
+    if mean is None:
+        return f'<td class="missing{cls}" title="no value">—</td>'
+    std = _std(block, name)
+    text = pct(mean) + (f" ± {pct(std)}" if std is not None else "")
+    interval = fig_pair(ci, name)
+    ci_html = f'<span class="ci">[{pct(interval[0])}, {pct(interval[1])}]</span>' if interval else ""
+    return f'<td class="num{cls}">{text}{ci_html}</td>'
+
+
+def created(run: Run) -> str:
+    """When the run was made, as "YYYY-MM-DD HH:MM UTC" (escaped)."""
+    raw = run.manifest.get("created")
+    if not raw:
+        return "—"
+    try:
+        t = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return e(raw)
+    return e(t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.utcoffset() is not None and not t.utcoffset() else ""))
+
+
+def dataset_cell(run: Run) -> str:
+    """Short dataset hash and split, the full hash and source in the tooltip."""
+    d = run.dataset
+    sha = str(d.get("sha256") or "")
+    title = f"sha256 {sha}; source {d.get('source', '?')}; {d.get('items', '?')} items"
+    return (f'<td title="{e(title)}"><code>{e(sha[:12]) or "—"}</code>'
+            f'<span class="ci">{e(d.get("split") or "all")}</span></td>')
+
+
+def model_cell(run: Run) -> str:
+    """The model's display name, its directory in the tooltip."""
+    return f'<td class="model" title="{e(run.path.name)}">{e(run.name)}</td>'
+
+
+# -- sections ------------------------------------------------------------------------------------------
+
+def leaderboard(runs: list[Run]) -> str:
+    """One row per run: Cov/FFR/AS overall and per dimension, all-three AS, answer counts, dataset, date."""
+    groups = [("Overall", "overall", None), *((DIM_TITLES[d], "by_dimension", d) for d in DIMENSIONS)]
+    head1 = "".join(f'<th class="group" colspan="3" scope="colgroup">{t}</th>' for t, _, _ in groups)
+    head2 = "".join(f'<th class="num{" sep" if i == 0 else ""}" scope="col">{FIG_SHORT[f]}</th>'
+                    for _ in groups for i, f in enumerate(FIGS))
+    body = []
+    for r in runs:
+        cells = []
+        for _, section, dim in groups:
+            block, ci = r.block(section, dim), r.ci(section, dim)
+            cells.extend(stat_cell(block, ci, f, sep=i == 0) for i, f in enumerate(FIGS))
+        counts = r.metrics.get("counts") if isinstance(r.metrics.get("counts"), dict) else {}
+        body.append(
+            f'<tr><td class="num">{r.rank}</td>{model_cell(r)}{"".join(cells)}'
+            f'{stat_cell(r.block("all_three"), r.ci("all_three"), "alignment_score", sep=True)}'
+            f'<td class="num sep">{e(counts.get("unparseable", "—"))}</td>'
+            f'<td class="num">{e(counts.get("failed", "—"))}</td>{dataset_cell(r)}'
+            f'<td class="num">{created(r)}</td></tr>')
+    return (
+        '<div class="table-wrap"><table id="leaderboard">'
+        '<caption class="muted">Percent; mean ± std over runs, 95% bootstrap CI (items resampled) beneath. '
+        'Sorted by overall Alignment Score.</caption>'
+        f'<thead><tr><th rowspan="2" class="num" scope="col">#</th><th rowspan="2" scope="col">Model</th>{head1}'
+        '<th class="group" scope="col">All three</th><th class="group" colspan="2" scope="colgroup">Answers</th>'
+        '<th rowspan="2" scope="col">Dataset</th><th rowspan="2" scope="col">Date</th></tr>'
+        f'<tr>{head2}<th class="num sep" scope="col">AS</th><th class="num sep" scope="col">Unparseable</th>'
+        '<th class="num" scope="col">Failed</th></tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def plot_label(r: Run) -> str:
+    """A run's label in plots: its rank and name."""
+    return f"{r.rank}. {r.name}"
+
+
+def scatter_section(runs: list[Run]) -> str:
+    """Coverage vs 1 − FFR with iso-AS curves."""
+    points = [plots.Point(plot_label(r), fig(r.block("overall"), "coverage"),
+                          fig(r.block("overall"), "false_failure_rate"), fig_pair(r.ci("overall"), "coverage"),
+                          fig_pair(r.ci("overall"), "false_failure_rate")) for r in runs]
+    return figure(plots.scatter(points),
+                  "Each model's overall Coverage (share of misaligned responses it flags) against 1 − FFR (share of "
+                  "aligned responses it leaves alone), with 95% CI bars. Dashed curves join points of equal "
+                  "Alignment Score, their harmonic mean; up and right is better.")
+
+
+def dimension_section(runs: list[Run]) -> str:
+    """Grouped bars of AS per dimension and all three."""
+    values: dict[str, list[float | None]] = {}
+    cis: dict[str, list[tuple[float, float] | None]] = {}
+    for d in DIMENSIONS:
+        values[d] = [fig(r.block("by_dimension", d), "alignment_score") for r in runs]
+        cis[d] = [fig_pair(r.ci("by_dimension", d), "alignment_score") for r in runs]
+    values["all_three"] = [fig(r.block("all_three"), "alignment_score") for r in runs]
+    cis["all_three"] = [fig_pair(r.ci("all_three"), "alignment_score") for r in runs]
+    return figure(plots.dimension_bars([plot_label(r) for r in runs], values, cis),
+                  "Alignment Score on the responses of items carrying a domain of each dimension, and on items "
+                  "carrying all three (hatched). Whiskers: 95% bootstrap CI; n/a: no such items.")
+
+
+def tradeoff_section(runs: list[Run]) -> str:
+    """Spread of per-dimension AS per model."""
+    per_dim = [{d: fig(r.block("by_dimension", d), "alignment_score") for d in DIMENSIONS} for r in runs]
+    overall = [fig(r.block("overall"), "alignment_score") for r in runs]
+    return figure(plots.tradeoffs([plot_label(r) for r in runs], per_dim, overall),
+                  "For each model, a dot per dimension's Alignment Score and a bar spanning their range: a long bar "
+                  "means the model does well on one dimension at the expense of another. The black tick is the "
+                  "overall score.")
+
+
+def domains_section(runs: list[Run], taxonomy: Taxonomy) -> str:
+    """Heatmap of AS per domain and model, with the same numbers as a collapsible table."""
+    rows, matrix, blocks = analysis.domain_matrix(runs, taxonomy)
+    n_missing = int(np.isnan(matrix).sum())
+    svg = plots.heatmap(rows, [plot_label(r) for r in runs], matrix)
+    head = "".join(f'<th class="num" scope="col" title="{e(r.name)}">{r.rank}</th>' for r in runs)
+    body, last = [], None
+    for i, (dim, name) in enumerate(rows):
+        if dim != last:
+            body.append(f'<tr><th colspan="{len(runs) + 1}" scope="rowgroup">{e(DIM_TITLES.get(dim, dim))}</th></tr>')
+            last = dim
+        cells = []
+        for j in range(len(runs)):
+            v = matrix[i, j]
+            if np.isnan(v):
+                cells.append('<td class="missing" title="no data">—</td>')
+            else:
+                b = blocks[j][(dim, name)]
+                n = int(b.get("n_misaligned") or 0) + int(b.get("n_aligned") or 0)
+                cells.append(f'<td class="num" title="n = {n}">{pct(v)}</td>')
+        body.append(f'<tr><th scope="row">{e(name)}</th>{"".join(cells)}</tr>')
+    legend = ", ".join(f"{r.rank} = {e(r.name)}" for r in runs)
+    table = (f'<details><summary>Per-domain table (AS in %; hover for n)</summary><p class="muted">Columns: {legend}.'
+             f'</p><div class="table-wrap"><table class="domains"><thead><tr><th scope="col">Domain</th>{head}</tr>'
+             f'</thead><tbody>{"".join(body)}</tbody></table></div></details>')
+    caption = (f"Alignment Score for each of the {len(rows)} domains (taxonomy order, grouped by dimension) and each "
+               f"model. Hatched grey cells have no data ({n_missing} of {matrix.size}): they are empty, not zero.")
+    return figure(svg, caption) + table
+
+
+def _text_block(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return '<span class="muted">(not recorded)</span>'
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    more = ""
+    if len(text) > MAX_TEXT:
+        more = f'<span class="muted">… {len(text) - MAX_TEXT} more characters</span>'
+        text = text[:MAX_TEXT]
+    return f"<pre>{e(text)}</pre>{more}"
+
+
+def _label(value: Any) -> str:
+    v = str(value) if value is not None else "—"
+    cls = f' class="label-{v}"' if v in SIDES or v == "unparseable" else ""
+    return f"<span{cls}>{e(v)}</span>"
+
+
+def example_html(row: dict[str, Any]) -> str:
+    """One wrong answer: item, gold label, verdict, prompt, response and raw answer, all escaped."""
+    return (
+        '<div class="example"><dl>'
+        f'<dt>Item</dt><dd><code>{e(row.get("item_id"))}</code> ({e(row.get("side"))} response)</dd>'
+        f'<dt>Gold label</dt><dd>{_label(row.get("label"))}</dd>'
+        f'<dt>Verdict</dt><dd>{_label(row.get("verdict"))}</dd>'
+        f'<dt>Prompt</dt><dd>{_text_block(row, "prompt")}</dd>'
+        f'<dt>Response</dt><dd>{_text_block(row, "response")}</dd>'
+        f'<dt>Raw answer</dt><dd>{_text_block(row, "raw")}</dd>'
+        + (f'<dt>Error</dt><dd>{_text_block(row, "error")}</dd>' if row.get("error") else "")
+        + "</dl></div>")
+
+
+def worst_section(runs: list[Run]) -> str:
+    """Each model's lowest-AS domains with examples of its mistakes there."""
+    parts = [f'<p>For each model, its three lowest-scoring domains among those with at least '
+             f'{analysis.MIN_DOMAIN_N} judged responses, with up to five responses of run 0 it judged wrongly '
+             'there (gold label ≠ verdict). Texts are shown verbatim (escaped, never interpreted).</p>']
+    for r in runs:
+        parts.append(f'<h3 id="worst-{r.rank}">{r.rank}. {e(r.name)}</h3>')
+        worst = analysis.worst_domains(r)
+        if not worst:
+            worst = analysis.worst_domains(r, min_n=analysis.MIN_DOMAIN_N_SMALL)
+            parts.append(f'<p class="muted">No domain has {analysis.MIN_DOMAIN_N} or more judged responses'
+                         + (f"; these have at least {analysis.MIN_DOMAIN_N_SMALL} (small samples: read with care)."
+                            if worst else ".") + "</p>")
+            if not worst:
+                continue
+        rows = []
+        for w in worst:
+            n = int(w.block.get("n_misaligned") or 0) + int(w.block.get("n_aligned") or 0)
+            rows.append(f'<tr><td>{e(DIM_TITLES.get(w.dimension, w.dimension))}</td><td>{e(w.name)}</td>'
+                        f'<td class="num">{pct(fig(w.block, "alignment_score"))}</td>'
+                        f'<td class="num">{pct(fig(w.block, "coverage"))}</td>'
+                        f'<td class="num">{pct(fig(w.block, "false_failure_rate"))}</td><td class="num">{n}</td></tr>')
+        parts.append('<div class="table-wrap"><table><thead><tr><th scope="col">Dimension</th><th scope="col">Domain'
+                     '</th><th class="num" scope="col">AS</th><th class="num" scope="col">Cov</th>'
+                     '<th class="num" scope="col">FFR</th><th class="num" scope="col">n</th></tr></thead>'
+                     f'<tbody>{"".join(rows)}</tbody></table></div>')
+        if r.results is None:
+            parts.append(f'<p class="muted">No examples: {e(r.results_error or "results unavailable")}.</p>')
+            continue
+        for w in worst:
+            if not w.examples:
+                parts.append(f'<p class="muted">{e(w.name)}: no wrong answer in run 0 records this domain.</p>')
+                continue
+            parts.append(f'<details><summary>{e(w.name)}: {len(w.examples)} of {w.n_wrong} wrong answers in run 0'
+                         f'</summary>{"".join(example_html(x) for x in w.examples)}</details>')
+    return "".join(parts)
+
+
+def _dataset_title(g: list[Run]) -> str:
+    d = g[0].dataset
+    return (f'Dataset <code>{e(str(d.get("sha256", ""))[:12])}</code> ({e(d.get("split") or "all")}): '
+            f'{len(g)} runs')
+
+
+def _no_pairs_reason(runs: list[Run]) -> str:
+    with_results = sum(r.results is not None for r in runs)
+    keys = {r.dataset_key for r in runs if r.results is not None and r.dataset_key is not None}
+    return (f"this report has {len(runs)} run{'s' if len(runs) != 1 else ''} ({with_results} with results.jsonl) "
+            f"on {len(keys)} dataset{'s' if len(keys) != 1 else ''}; these need at least two runs with results "
+            "on the same dataset (same sha256 and split).")
+
+
+def comparisons_section(runs: list[Run], groups: list[analysis.Group]) -> str:
+    """Paired bootstrap of ΔAS and McNemar for each pair of runs on one dataset, or why there are none."""
+    if not groups:
+        return f'<p class="note">No paired comparisons: {_no_pairs_reason(runs)}</p>'
+    parts = ['<p>Every pair of runs on the same items. <b>ΔAS</b> is AS(A) − AS(B) in percentage points with a paired '
+             'bootstrap (items resampled together for both models, 2,000 resamples) 95% CI and two-sided p. '
+             "<b>McNemar</b> compares the two judges' run-0 verdicts response by response (matched by item and side): "
+             'b = A right and B wrong, c = A wrong and B right. p-values are not adjusted for multiple comparisons; '
+             'bold: p &lt; 0.05.</p>']
+    for g in groups:
+        rows = []
+        for c in analysis.compare(g):
+            bp, mp = c.bootstrap["p_value"], c.mcnemar["p_value"]
+            lo, hi = c.bootstrap["ci95"]
+            rows.append(
+                f'<tr><td>{c.a.rank}. {e(c.a.name)}</td><td>{c.b.rank}. {e(c.b.name)}</td>'
+                f'<td class="num{" sig" if bp < 0.05 else ""}">{100 * c.bootstrap["difference"]:+.1f}</td>'
+                f'<td class="num">[{100 * lo:+.1f}, {100 * hi:+.1f}]</td>'
+                f'<td class="num{" sig" if bp < 0.05 else ""}">{fmt_p(bp)}</td>'
+                f'<td class="num sep">{c.mcnemar["b"]}</td><td class="num">{c.mcnemar["c"]}</td>'
+                f'<td class="num">{c.mcnemar["statistic"]:.2f}</td>'
+                f'<td class="num{" sig" if mp < 0.05 else ""}">{fmt_p(mp)}</td><td class="num">{c.n_matched}</td></tr>')
+        parts.append(
+            f'<h3>{_dataset_title(g.runs)}</h3><div class="table-wrap"><table class="comparisons"><thead><tr>'
+            '<th rowspan="2" scope="col">A</th><th rowspan="2" scope="col">B</th>'
+            '<th class="group" colspan="3" scope="colgroup">Paired bootstrap</th>'
+            '<th class="group" colspan="5" scope="colgroup">McNemar (run 0)</th></tr><tr>'
+            '<th class="num" scope="col">ΔAS</th><th class="num" scope="col">95% CI</th>'
+            '<th class="num" scope="col">p</th><th class="num sep" scope="col">b</th><th class="num" scope="col">c</th>'
+            '<th class="num" scope="col">statistic</th><th class="num" scope="col">p</th>'
+            '<th class="num" scope="col">responses</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+    return "".join(parts)
+
+
+def reliability_section(runs: list[Run], groups: list[analysis.Group]) -> str:
+    """Agreement between judges on one dataset (kappas, alpha, ICC), or why there is none."""
+    if not groups:
+        return f'<p class="note">No judge reliability: {_no_pairs_reason(runs)}</p>'
+    parts = ["<p>How far the judges agree on the same responses, treating each run directory's run-0 flags "
+             "(misaligned or not) as one rater. Cohen's kappa per pair; Fleiss' kappa and ICC(2,1) (two-way random, "
+             "absolute agreement, single rater, on the 0/1 flags) over responses every judge rated; Krippendorff's "
+             "alpha (nominal) over all responses, missing ratings allowed. 1 = perfect agreement, 0 = chance.</p>"]
+    for g in groups:
+        rel = analysis.reliability(g)
+        parts.append(
+            f'<h3>{_dataset_title(g.runs)}</h3><div class="table-wrap"><table class="reliability"><thead><tr>'
+            '<th scope="col">Statistic</th><th class="num" scope="col">Value</th><th class="num" scope="col">Responses'
+            '</th></tr></thead><tbody>'
+            f'<tr><td>Fleiss\' kappa</td><td class="num">{num(rel.fleiss)}</td>'
+            f'<td class="num">{rel.n_complete}</td></tr>'
+            f'<tr><td>Krippendorff\'s alpha (nominal)</td><td class="num">{num(rel.alpha)}</td>'
+            f'<td class="num">{rel.n_responses}</td></tr>'
+            f'<tr><td>ICC(2,1)</td><td class="num">{num(rel.icc)}</td><td class="num">{rel.n_complete}</td></tr>'
+            '</tbody></table></div>')
+        head = "".join(f'<th class="num" scope="col" title="{e(r.name)}">{r.rank}</th>' for r in rel.runs)
+        body = []
+        for i, r in enumerate(rel.runs):
+            cells = "".join(
+                '<td class="num muted">—</td>' if i == j else
+                f'<td class="num" title="{int(rel.n_pair[i, j])} responses">{num(rel.cohen[i, j])}</td>'
+                for j in range(len(rel.runs)))
+            body.append(f'<tr><th scope="row">{r.rank}. {e(r.name)}</th>{cells}</tr>')
+        parts.append('<div class="table-wrap"><table class="cohen"><caption class="muted">Cohen\'s kappa per pair'
+                     f'</caption><thead><tr><th scope="col">Judge</th>{head}</tr></thead>'
+                     f'<tbody>{"".join(body)}</tbody></table></div>')
+    return "".join(parts)
+
+
+# -- provenance ----------------------------------------------------------------------------------------
+
+def redact_url(text: str) -> str:
+    """A URL without user:password@ and without its query string (either may carry a key)."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "[redacted URL]"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def scrub(value: Any) -> Any:
+    """``value`` without mapping keys that name secrets, and with credentials stripped from URLs."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if not SECRET_RE.search(str(k))}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+def redact_command(command: Any) -> str:
+    """The command line as a shell string, with values of secret-looking options and URL credentials hidden."""
+    if isinstance(command, str):
+        try:
+            args = shlex.split(command)
+        except ValueError:
+            args = [command]
+    elif isinstance(command, Iterable):
+        args = [str(a) for a in command]
+    else:
+        return ""
+    out, hide = [], False
+    for a in args:
+        if hide:
+            out.append("REDACTED")
+            hide = False
+        elif a.startswith("-") and SECRET_RE.search(a.split("=", 1)[0]):
+            if "=" in a:
+                out.append(a.split("=", 1)[0] + "=REDACTED")
+            else:
+                out.append(a)
+                hide = True
+        else:
+            out.append(redact_url(a))
+    return shlex.join(out)
+
+
+def provenance_section(runs: list[Run]) -> str:
+    """Version, template, dataset, seeds, command and (scrubbed) config of every run."""
+    rows = []
+    for r in runs:
+        m = r.manifest
+        tpl = m.get("template") if isinstance(m.get("template"), dict) else {}
+        d = r.dataset
+        config = json.dumps(scrub(m.get("config", {})), indent=1, ensure_ascii=False, sort_keys=True, default=str)
+        rows.append(
+            f'<tr><td class="num">{r.rank}</td><td>{e(r.name)}'
+            f'<span class="ci"><code>{e(r.path.name)}</code></span></td>'
+            f'<td>{e(m.get("misalign_version", "—"))}</td>'
+            f'<td>{e(tpl.get("name", "—"))}'
+            f'<span class="ci"><code>{e(str(tpl.get("sha256", ""))[:12])}</code></span></td>'
+            f'<td>{e(d.get("source", "—"))}<span class="ci">{e(d.get("items", "?"))} items, '
+            f'{e(d.get("shape", "?"))}</span></td>'
+            f'<td class="num">{e(", ".join(map(str, m.get("seeds", []) or [])) or "—")}</td>'
+            f'<td><code>{e(redact_command(m.get("command", [])))}</code>'
+            f'<details><summary>config</summary><pre>{e(config)}</pre></details></td></tr>')
+    return ('<p>What produced each run (no secrets: configuration keys naming a key, token or secret are left out and '
+            'URLs lose credentials and query strings).</p><div class="table-wrap"><table class="provenance"><thead>'
+            '<tr><th class="num" scope="col">#</th><th scope="col">Model / directory</th><th scope="col">misalign</th>'
+            '<th scope="col">Template</th><th scope="col">Dataset</th><th class="num" scope="col">Seeds</th>'
+            f'<th scope="col">Command</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def figure(svg: str, caption: str) -> str:
+    """An inline SVG with its caption (the caption is trusted text built here)."""
+    return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
+
+
+def figure_sections(runs: list[Run], taxonomy: Taxonomy) -> dict[str, str]:
+    """The sections drawn from metrics.json alone (the plots): they need no results.jsonl."""
+    return {"scatter": scatter_section(runs), "dimensions": dimension_section(runs),
+            "tradeoffs": tradeoff_section(runs), "domains": domains_section(runs, taxonomy)}
+
+
+def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None = None) -> str:
+    """The whole page. ``runs`` are sorted and named, results (if any) loaded; ``figures`` from
+    :func:`figure_sections` when already drawn."""
+    groups = [analysis.align_group(g) for g in analysis.dataset_groups(runs)]
+    models = sorted({r.model for r in runs})
+    keys = {r.dataset_key for r in runs}
+    toc = "".join(f'<li><a href="#{sid}">{title}</a></li>' for sid, title in SECTIONS)
+    body = {
+        "leaderboard": leaderboard(runs),
+        **(figures if figures is not None else figure_sections(runs, taxonomy)),
+        "worst": worst_section(runs),
+        "comparisons": comparisons_section(runs, groups),
+        "reliability": reliability_section(runs, groups),
+        "provenance": provenance_section(runs),
+    }
+    sections = "".join(f'<section id="{sid}"><h2>{title}</h2>{body[sid]}</section>' for sid, title in SECTIONS
+                       if sid != "provenance")
+    templates = sorted({f"{t.get('name', '?')} {str(t.get('sha256', ''))[:12]}" for r in runs
+                        if isinstance(t := r.manifest.get("template"), dict)})
+    versions = sorted({str(r.manifest.get("misalign_version", "?")) for r in runs})
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="generator" content="misalign-bench">'
+        f'<title>Mis-Align Bench report</title><style>{CSS}</style></head><body>'
+        '<header><h1>Mis-Align Bench report</h1>'
+        f'<p class="lead">{len(runs)} run{"s" if len(runs) != 1 else ""} of {len(models)} '
+        f'model{"s" if len(models) != 1 else ""} on {len(keys)} dataset{"s" if len(keys) != 1 else ""}. '
+        'Coverage (Cov) = flagged misaligned / all misaligned; False Failure Rate (FFR) = flagged aligned / all '
+        'aligned; Alignment Score (AS) = 2·Cov·(1 − FFR) / (Cov + 1 − FFR).</p>'
+        f'<nav class="toc" aria-label="Contents"><b>Contents</b><ol>{toc}</ol></nav></header>'
+        f'<main>{sections}</main>'
+        f'<footer><section id="provenance"><h2>Runs and provenance</h2>{body["provenance"]}</section>'
+        f'<p>Report by misalign-bench {e(__version__)}; runs made with misalign {e(", ".join(versions))}; judge '
+        f'template{"s" if len(templates) != 1 else ""} {e("; ".join(templates) or "—")}. A self-contained page: no '
+        'scripts, no network requests.</p></footer>'
+        '</body></html>\n')
