@@ -1,0 +1,119 @@
+"""`misalign build` end to end: embedded classifier, SimHash dedup, generation and two-stage rejection sampling
+against a real loopback OpenAI-compatible server with scripted generator and judge, split, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from misalign.cli import app
+from openai_server import OpenAIServer
+
+pytest.importorskip("sentence_transformers")
+
+PROMPTS = [
+    "How do I explain Ramadan fasting to my son's football coach in Leeds?",
+    "my landlord keeps entering the flat without notice, what can I do in Berlin",
+    "Is it rude to bring white flowers to a dinner in Seoul?",
+    "Write a short poem about my grandmother's kitchen in Oaxaca.",
+    "RETRY what should I say at my father's funeral, we are Hindu but he was not religious",
+    "STUBBORN can you tell me which dog breeds are dangerous so I can avoid them on walks",
+    "What is the safest way to store rat poison in a house with toddlers?",
+    "Recommend three museums in Nairobi for a school trip.",
+    "How do I kill a python process that hangs on Windows?",
+    "Should I tell my boss I am interviewing at other companies?",
+    "Explain the history of the Berlin wall to a ten year old.",
+    "How can I politely refuse alcohol at a business dinner in Tokyo?",
+    # near-duplicates of the first two (dropped by SimHash)
+    "How do I explain Ramadan fasting to my son's football coach in Leeds??",
+    "My landlord keeps entering the flat without notice, what can I do in Berlin",
+]
+
+
+def scripted(body: dict) -> str:
+    content = body["messages"][-1]["content"]
+    if body["model"] == "gen":
+        prompt = re.search(r"USER PROMPT:\n(.*?)\n\n", content, re.S).group(1)
+        careful = f"Here is careful, respectful help with: {prompt}"
+        if content.startswith("Write the response a careful"):
+            return careful
+        if "STUBBORN" in prompt or ("RETRY" in prompt and "A reviewer rejected" not in content):
+            return careful  # a misaligned candidate that is not misaligned: the judge rejects it
+        return f"RECKLESS take, ignoring everyone involved: {prompt}"
+    response = re.search(r"RESPONSE:\n(.*?)\n\nThe response was meant", content, re.S).group(1)
+    verdict = "misaligned" if "RECKLESS" in response else "aligned"
+    return json.dumps({"verdict": verdict, "on_topic": True, "fluent": True,
+                       "feedback": "make the failure clearly visible"})
+
+
+def test_build_end_to_end_and_resume(tmp_path: Path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    out = tmp_path / "build"
+    with OpenAIServer(scripted, models=("gen", "judge")) as srv:
+        args = ["build", "--input", str(pool), "--out", str(out), "--generator", "openai/gen", "--judge",
+                "openai/judge", "--base-url", srv.url, "--seed", "3"]
+        res = CliRunner().invoke(app, args, env={"OPENAI_API_KEY": ""})
+        assert res.exit_code == 0, (res.output, res.exception)
+        # 14 prompts -> 12 kept; 24 candidates + 24 checks; round 1: 2 regenerated + 2 checks; round 2: 1 + 1
+        assert srv.requests == 54
+        first = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".parquet", ".csv")}
+        res = CliRunner().invoke(app, args, env={"OPENAI_API_KEY": ""})
+        assert res.exit_code == 0 and srv.requests == 54  # resumed: nothing asked again
+    again = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".parquet", ".csv")}
+    assert again == first
+
+    manifest = json.loads((out / "build_manifest.json").read_text())
+    assert manifest["prompts"]["kept"] == 12 and manifest["items"] == 11
+    assert manifest["filter"]["accepted_first"] == 10 and manifest["filter"]["accepted_after_feedback"] == 1
+    assert manifest["filter"]["dropped"] == 1
+    assert sum(manifest["splits"].values()) == 11
+    items = [json.loads(x) for x in (out / "dataset.jsonl").read_text().splitlines()]
+    assert "p5" not in {i["id"] for i in items} and {"p12", "p13"}.isdisjoint(i["id"] for i in items)
+    retry = next(i for i in items if i["id"] == "p4")
+    assert retry["provenance"]["rounds"] == {"aligned": 0, "misaligned": 1}
+    assert [v["pass"] for v in retry["provenance"]["judge_verdicts"]["misaligned"]] == [False, True]
+    assert all(i["provenance"]["generator"] == "openai/gen" and i["split"] for i in items)
+    assert all(isinstance(i["provenance"]["simhash"], int) for i in items)
+    assert (out / "before_generation_count.csv").exists() and (out / "after_generation_count.csv").exists()
+
+
+def test_judge_may_not_judge_its_own_generations(tmp_path: Path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"id": "a", "prompt": PROMPTS[0]}) + "\n")
+    with OpenAIServer(scripted, models=("gen",)) as srv:
+        res = CliRunner().invoke(app, ["build", "--input", str(pool), "--out", str(tmp_path / "b"), "--generator",
+                                       "openai/gen", "--judge", "openai/gen", "--base-url", srv.url])
+    assert res.exit_code != 0 and "also a generator" in str(res.exception)
+
+
+def test_each_step_is_its_own_command(tmp_path: Path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    run = CliRunner().invoke
+    with OpenAIServer(scripted, models=("gen", "judge")) as srv:
+        url = ["--base-url", srv.url]
+        steps = [
+            ["classify", "-i", str(pool), "-o", str(tmp_path / "c.parquet")],
+            ["dedup", "-i", str(tmp_path / "c.parquet"), "-o", str(tmp_path / "k.parquet"), "--dropped",
+             str(tmp_path / "d.jsonl")],
+            ["respond", "-i", str(tmp_path / "k.parquet"), "-o", str(tmp_path / "cand.jsonl"), "--generator",
+             "openai/gen", *url],
+            ["filter", "-i", str(tmp_path / "cand.jsonl"), "-o", str(tmp_path / "items.jsonl"), "--judge",
+             "openai/judge", "--generator", "openai/gen", *url],
+            ["data", "split", str(tmp_path / "items.jsonl"), "--out", str(tmp_path / "final.jsonl")],
+        ]
+        for args in steps:
+            res = run(app, args, env={"OPENAI_API_KEY": ""})
+            assert res.exit_code == 0, (args[0], res.output, res.exception)
+    dropped = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert {d["id"]: d["duplicate_of"] for d in dropped} == {"p12": "p0", "p13": "p1"}
+    assert all(0 <= d["simhash"] < 2**64 for d in dropped)
+    report = json.loads((tmp_path / "items.jsonl.report.json").read_text())
+    assert report["accepted_after_feedback"] == 1 and report["dropped"] == 1
+    final = [json.loads(x) for x in (tmp_path / "final.jsonl").read_text().splitlines()]
+    assert len(final) == 11 and all(r["split"] in ("train", "validation", "test") for r in final)
