@@ -506,7 +506,20 @@ def build(
     except ValueError as exc:
         error(exc)
         raise typer.Exit(2) from None
-    manifest = run_build(cfg, taxonomy=_taxonomy(taxonomy), say=console.print)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed} calls"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def step_progress(step: str):
+            def tick(_i: int, _c: object) -> None:
+                if step not in tasks:
+                    tasks[step] = bar.add_task(step, total=None)
+                bar.advance(tasks[step])  # type: ignore[arg-type]
+            return tick
+
+        manifest = run_build(cfg, taxonomy=_taxonomy(taxonomy), say=console.print, progress=step_progress)
     console.print(f"build directory: {cfg.out} ({manifest['items']} items)")
 
 

@@ -291,7 +291,8 @@ class FilterReport:
 
 async def reject_sample(cands: list[Candidate], judge: Any, generators: dict[str, Any], *, max_rounds: int = 2,
                         seed: int = 0, temperature: float = 0.7, top_p: float = 0.9, max_tokens: int = 512,
-                        cache: Any = None) -> tuple[list[Item], FilterReport]:
+                        cache: Any = None, on_result: Callable[[int, Any], None] | None = None
+                        ) -> tuple[list[Item], FilterReport]:
     """Stage 1: the judge checks every candidate. Stage 2: rejected sides are regenerated with the judge's
     feedback, at most ``max_rounds`` times. Pairs still failing are dropped and counted per domain and reason.
     """
@@ -310,7 +311,7 @@ async def reject_sample(cands: list[Candidate], judge: Any, generators: dict[str
             last_reason[k] = f"generation failed: {cands[k[0]].errors.get(k[1], 'no text')}"
         reqs = [(check_messages(cands[i].prompt, cands[i].texts[kind] or "", kind), check_params, rnd)
                 for i, kind in keys]
-        comps = await complete_many(judge, reqs, cache=cache) if reqs else []
+        comps = await complete_many(judge, reqs, cache=cache, on_result=on_result) if reqs else []
         feedback: dict[tuple[int, str], str | None] = {}
         for key, c in zip(keys, comps, strict=True):
             i, kind = key
@@ -326,7 +327,7 @@ async def reject_sample(cands: list[Candidate], judge: Any, generators: dict[str
         if not pending or rnd == max_rounds:
             break
         todo = {k: feedback.get(k) for k in pending}
-        await _generate(cands, generators, gen_params, todo, rnd + 1, cache)
+        await _generate(cands, generators, gen_params, todo, rnd + 1, cache, on_result)
     report = FilterReport()
     items: list[Item] = []
     for i, c in enumerate(cands):

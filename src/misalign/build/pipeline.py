@@ -106,13 +106,17 @@ class Steps:
         tmp.replace(self.path)
 
 
-def run_build(cfg: BuildConfig, *, taxonomy: Taxonomy | None = None,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
+Progress = Callable[[str], Callable[[int, Any], None]]
+"""``progress(step)`` gives the per-call callback for one step's model calls."""
+
+
+def run_build(cfg: BuildConfig, *, taxonomy: Taxonomy | None = None, say: Callable[[str], None] = print,
+              progress: Progress | None = None) -> dict[str, Any]:
     """Run every step that the config allows; return the build manifest."""
-    return asyncio.run(_run(cfg, taxonomy or Taxonomy.default(), say))
+    return asyncio.run(_run(cfg, taxonomy or Taxonomy.default(), say, progress or (lambda step: lambda i, c: None)))
 
 
-async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None]) -> dict[str, Any]:
+async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None], progress: Progress) -> dict[str, Any]:
     from misalign.build import classify as cl
     from misalign.build import generate as gen
     from misalign.build.split import assign_splits
@@ -221,11 +225,12 @@ async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None]) -> d
             gens = {g: model(g) for g in cfg.generators}
             judge = model(cfg.judge)
             cands = await gen.respond(kept, gens, seed=cfg.seed, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      max_tokens=cfg.max_tokens, cache=cache)
+                                      max_tokens=cfg.max_tokens, cache=cache, on_result=progress("respond"))
             say(f"respond: {len(cands)} prompts x 2 candidates")
             items, rep = await gen.reject_sample(cands, judge, gens, max_rounds=cfg.max_rounds, seed=cfg.seed,
                                                  temperature=cfg.temperature, top_p=cfg.top_p,
-                                                 max_tokens=cfg.max_tokens, cache=cache)
+                                                 max_tokens=cfg.max_tokens, cache=cache,
+                                                 on_result=progress("filter"))
             write_rows(out / "04_candidates.jsonl", (gen.candidate_to_row(c) for c in cands))
             (out / "filter_report.json").write_text(json.dumps(rep.__dict__, indent=2))
             manifest["filter"] = rep.__dict__
