@@ -117,3 +117,72 @@ def test_each_step_is_its_own_command(tmp_path: Path):
     assert report["accepted_after_feedback"] == 1 and report["dropped"] == 1
     final = [json.loads(x) for x in (tmp_path / "final.jsonl").read_text().splitlines()]
     assert len(final) == 11 and all(r["split"] in ("train", "validation", "test") for r in final)
+
+
+def test_classify_with_a_chat_model_validates_retries_and_records_failures(tmp_path: Path):
+    from collections import Counter
+
+    seen: Counter[str] = Counter()
+
+    def classifier(body: dict) -> str:
+        prompt = body["messages"][-1]["content"].split("PROMPT:\n", 1)[1]
+        seen[prompt] += 1
+        if "Leeds" in prompt and seen[prompt] == 1:
+            return '{"safety": {"Religion": 0.9}, "value": {}, "cultural": {}}'  # not a safety domain: retried
+        if "gibberish" in prompt:
+            return "I cannot label this."
+        return json.dumps({"safety": {}, "value": {"Devoutness": 0.8, "Politeness": 0.3},
+                           "cultural": {"festivals": 90}})
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"id": "a", "prompt": PROMPTS[0]}, {"id": "b", "prompt": PROMPTS[2]}, {"id": "c", "prompt": "gibberish"}]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "classified.jsonl"
+    with OpenAIServer(classifier, models=("cls",)) as srv:
+        res = CliRunner().invoke(app, ["classify", "-i", str(pool), "-o", str(out), "-m", "openai/cls", "--base-url",
+                                       srv.url], env={"OPENAI_API_KEY": ""})
+        assert res.exit_code == 0, (res.output, res.exception)
+        assert srv.requests == 5  # a, b, c; then a and c once more
+    got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert got["a"]["domains"] == {"safety": [], "value": ["Devoutness"], "cultural": ["Festivals"]}
+    assert got["a"]["probabilities"]["value"]["Politeness"] == 0.3
+    assert got["a"]["probabilities"]["cultural"]["Festivals"] == 0.9  # 90 read as a percentage
+    assert got["c"]["domains"] is None
+    failures = [json.loads(x) for x in (tmp_path / "classified.jsonl.failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failures] == ["c"] and "no JSON object" in failures[0]["reason"]
+
+
+def test_expand_keeps_only_prompts_reclassified_into_their_domain(tmp_path: Path):
+    from misalign.taxonomy import Taxonomy
+
+    tax = Taxonomy.default()
+    definitions = {d.name: d.definition for d in tax}
+
+    def writer(body: dict) -> str:
+        name = re.search(r'domain "(.*?)" \(', body["messages"][-1]["content"]).group(1)
+        return json.dumps({"prompts": [f"A question about this: {definitions[name]}", "Share a banana bread recipe."]})
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:12])))
+    classified, out = tmp_path / "c.jsonl", tmp_path / "e.jsonl"
+    with OpenAIServer(writer, models=("gen",)) as srv:
+        run = CliRunner().invoke
+        assert run(app, ["classify", "-i", str(pool), "-o", str(classified)]).exit_code == 0
+        args = ["expand", "-i", str(classified), "-o", str(out), "--generator", "openai/gen", "--target-per-domain",
+                "1", "--max-new", "60", "--base-url", srv.url]
+        res = run(app, args, env={"OPENAI_API_KEY": ""})
+        assert res.exit_code == 0, (res.output, res.exception)
+        calls = srv.requests
+        assert calls > 0
+        assert run(app, args, env={"OPENAI_API_KEY": ""}).exit_code == 0 and srv.requests == calls  # cached
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    new = [r for r in rows if r["id"].startswith("gen-")]
+    report = json.loads((tmp_path / "e.jsonl.report.json").read_text())
+    assert len(rows) == 12 + len(new) and 0 < len(new) <= 60
+    assert sum(report["kept"].values()) == len(new) <= sum(report["generated"].values()) <= 60
+    for r in new:
+        dim, name = r["provenance"]["domain"]
+        assert name in r["domains"][dim], r
+        assert r["provenance"]["source"] == "expanded" and r["provenance"]["generator"] == "openai/gen"
+    assert not any("banana" in r["prompt"] and not r["domains"]["value"] and not r["domains"]["safety"]
+                   and not r["domains"]["cultural"] for r in new)
