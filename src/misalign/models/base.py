@@ -122,6 +122,17 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
             continue
         pending.setdefault(keys[i] if cache is not None else str(i), []).append(i)
 
+    # Answers that arrive in the same event-loop tick are committed together at the end of that tick: one
+    # transaction instead of one per answer, and still on disk before the loop waits for more network input.
+    unsaved: list[tuple[str, Completion]] = []
+    loop = asyncio.get_running_loop()
+
+    def save() -> None:
+        if unsaved:
+            batch = unsaved[:]
+            unsaved.clear()
+            cache.put_many(batch)
+
     queue: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
     for item in pending.items():
         queue.put_nowait(item)
@@ -140,7 +151,9 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
             except Exception as exc:  # a backend bug must not lose the batch: record it as a failed call
                 comp = Completion(error=f"{type(exc).__name__}: {exc}")
             if cache is not None and comp.ok:
-                cache.put(key, comp)
+                if not unsaved:
+                    loop.call_soon(save)
+                unsaved.append((key, comp))
             for i in idxs:
                 results[i] = comp
                 if on_result:
@@ -154,4 +167,6 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
         finally:
             for t in tasks:
                 t.cancel()
+            if cache is not None:
+                save()
     return [r if r is not None else Completion(error="not run") for r in results]

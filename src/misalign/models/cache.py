@@ -62,10 +62,20 @@ class CallCache:
         return found
 
     def put(self, key: str, completion: Completion) -> None:
-        value = json.dumps(completion.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        self.put_many([(key, completion)])
+
+    def put_many(self, entries: list[tuple[str, Completion]]) -> None:
+        """Store completions in one transaction (committed before this returns)."""
+        rows = [(k, json.dumps(c.to_dict(), ensure_ascii=False, separators=(",", ":"))) for k, c in entries]
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", (key, value))
-        self.writes += 1
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self.writes += len(rows)
 
     def __len__(self) -> int:
         with self._lock:
