@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from misalign.build.classify import classify_embedded, micro_f1
-from misalign.io import load_prompts
+from misalign.io import load_dataset, load_prompts
 from misalign.models.embedded import EmbeddedModel
+from misalign.records import Prompt
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_labelled_prompts_dev.csv"
@@ -47,6 +48,11 @@ def main() -> None:
         scores = {d: micro_f1([g.domains for g in gold], [p.domains for p in pred], d) for d in DIMENSIONS}
         print(f"{encoder:<10} {rate:>10.0f} " + " ".join(f"{scores[d]['f1']:>12.3f}" for d in DIMENSIONS) + " "
               + " ".join(f"{scores[d]['precision']:>6.2f}/{scores[d]['recall']:<7.2f}" for d in DIMENSIONS))
+        held = [r for r in load_dataset("bundled").records if r.split != "train"]  # never seen by the heads
+        pred = classify_embedded([Prompt(id=r.id, prompt=r.prompt) for r in held], tax, model=model)
+        f1 = {d: micro_f1([r.domains for r in held], [p.domains for p in pred], d)["f1"] for d in DIMENSIONS}
+        print(f"{'':<10} {'':>10} " + " ".join(f"{f1[d]:>12.3f}" for d in DIMENSIONS)
+              + f"   <- bundled validation+test prompts ({len(held)}, our labels)")
 
 
 if __name__ == "__main__":
