@@ -186,3 +186,32 @@ def test_expand_keeps_only_prompts_reclassified_into_their_domain(tmp_path: Path
         assert r["provenance"]["source"] == "expanded" and r["provenance"]["generator"] == "openai/gen"
     assert not any("banana" in r["prompt"] and not r["domains"]["value"] and not r["domains"]["safety"]
                    and not r["domains"]["cultural"] for r in new)
+
+
+def test_expand_can_reclassify_with_a_chat_model(tmp_path: Path):
+    from misalign.taxonomy import Taxonomy
+
+    tax = Taxonomy.default()
+    by_definition = {d.definition: d for d in tax}
+
+    def model(body: dict) -> str:
+        content = body["messages"][-1]["content"]
+        if body["model"] == "gen":
+            name = re.search(r'domain "(.*?)" \(', content).group(1)
+            d = next(d for d in tax if d.name == name)
+            return json.dumps({"prompts": [f"About: {d.definition}"]})
+        text = content.split("PROMPT:\n", 1)[1].removeprefix("About: ")
+        d = by_definition.get(text)
+        return json.dumps({d.dimension: {d.name: 0.9}} if d else {"safety": {}})
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"id": "p0", "prompt": PROMPTS[0], "domains": {}}) + "\n")
+    out = tmp_path / "e.jsonl"
+    with OpenAIServer(model, models=("gen", "cls")) as srv:
+        res = CliRunner().invoke(app, ["expand", "-i", str(pool), "-o", str(out), "--generator", "openai/gen",
+                                       "--classifier", "openai/cls", "--target-per-domain", "1", "--max-new", "500",
+                                       "--base-url", srv.url], env={"OPENAI_API_KEY": ""})
+        assert res.exit_code == 0, (res.output, res.exception)
+    new = [json.loads(x) for x in out.read_text().splitlines()][1:]
+    assert len(new) == len(tax)  # one new prompt per domain, each re-classified into it
+    assert all(r["provenance"]["domain"][1] in r["domains"][r["provenance"]["domain"][0]] for r in new)

@@ -367,6 +367,8 @@ def expand(
     max_new: Annotated[int, typer.Option(min=0, help="Budget of new prompts.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     delta: Annotated[float, typer.Option(help="Re-classification threshold.")] = 0.5,
+    classifier: Annotated[str, typer.Option(help="Re-classifies new prompts: 'embedded' or a chat model.")]
+    = "embedded",
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
     max_concurrency: Annotated[int, typer.Option(min=1)] = 32, cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
@@ -382,14 +384,21 @@ def expand(
 
     tax = _taxonomy(taxonomy)
     prompts, _ = load_prompts(input, taxonomy=tax)
-    embedded = EmbeddedModel()
-    models = _step_models([generator], base_url, api_key_env, max_concurrency)
+    models = _step_models([generator] + ([] if classifier == "embedded" else [classifier]), base_url, api_key_env,
+                          max_concurrency)
 
     async def run():
         with CallCache(cache or out.with_name(out.name + ".cache.sqlite")) as cc:
+            if classifier == "embedded":
+                embedded = EmbeddedModel()
+
+                def reclassify(ps):
+                    return cl.classify_embedded(ps, tax, delta=delta, model=embedded)
+            else:
+                async def reclassify(ps):
+                    return (await cl.classify_chat(ps, models[classifier], tax, delta=delta, cache=cc))[0]
             try:
-                return await gen.expand(prompts, models[generator], tax,
-                                        lambda ps: cl.classify_embedded(ps, tax, delta=delta, model=embedded),
+                return await gen.expand(prompts, models[generator], tax, reclassify,
                                         target_per_domain=target_per_domain, max_new=max_new, seed=seed, cache=cc)
             finally:
                 await _close_all(models)

@@ -6,17 +6,19 @@ SQLite cache, so an interrupted step re-run with the same inputs repeats no fini
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from misalign.records import Domains, Item, Prompt
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
-Classify = Callable[[list[Prompt]], list[Prompt]]
+Classify = Callable[[list[Prompt]], list[Prompt] | Awaitable[list[Prompt]]]
+"""Re-classifies new prompts: a plain function (embedded) or a coroutine function (a chat model)."""
 
 
 def _params(**kw: Any):
@@ -134,6 +136,8 @@ async def expand(prompts: list[Prompt], generator: Any, taxonomy: Taxonomy, clas
         for d, need in needs:
             report.requested[d.id] = report.requested.get(d.id, 0) + need
         classified = classify([p for p, _ in fresh])
+        if inspect.isawaitable(classified):
+            classified = await classified
         for p, (_, d) in zip(classified, fresh, strict=True):
             if p.domains and d.name in p.domains.get(d.dimension):
                 new.append(p)

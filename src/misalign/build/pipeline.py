@@ -187,7 +187,7 @@ async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None], prog
             say("expand: up to date")
         else:
             new, rep = await gen.expand(classified, model(expander), tax,
-                                        classify_sync if cfg.classifier == "embedded" else _sync_unavailable,
+                                        classify_sync if cfg.classifier == "embedded" else classify_any,
                                         target_per_domain=cfg.target_per_domain, max_new=cfg.max_new,
                                         seed=cfg.seed, cache=cache)
             say(f"expand: {len(new)} new prompts kept ({sum(rep.generated.values())} written)")
@@ -255,10 +255,6 @@ async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None], prog
         for m in models.values():
             await m.aclose()
         cache.close()
-
-
-def _sync_unavailable(prompts: list[Prompt]) -> list[Prompt]:
-    raise RuntimeError("expansion with a chat classifier is not supported yet: classify with 'embedded'")
 
 
 def dedup_prompts(prompts: list[Prompt], tau: int, fingerprints, dedup) -> tuple[list[Prompt], list[Prompt]]:
