@@ -5,13 +5,11 @@ under test contains the word MISALIGNED), can inject faults (429 with Retry-Afte
 delays), checks the API key, serves ``/models``, and records what it saw (request count, bodies, headers, the
 most requests in flight at once).
 
-Use in-process (``with OpenAIServer(...) as srv: srv.url``) or as a script in its own process:
-``python tests/openai_server.py --port 8011 --latency 0.2``.
+Use in-process: ``with OpenAIServer(...) as srv: srv.url``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -179,24 +177,3 @@ class OpenAIServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--port", type=int, default=8011)
-    ap.add_argument("--latency", type=float, default=0.0)
-    ap.add_argument("--model", default="judge")
-    args = ap.parse_args()
-    srv = OpenAIServer(models=(args.model,), latency=args.latency, port=args.port)
-    srv.record = False
-
-    async def serve() -> None:
-        await srv._start()
-        print(f"listening on {srv.url}", flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
-
-
-if __name__ == "__main__":
-    main()

@@ -455,7 +455,7 @@ def filter_cmd(
     max_rounds: Annotated[int, typer.Option(min=0, help="Feedback-guided regeneration rounds.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
-    max_concurrency: Annotated[int, typer.Option(min=1)] = 32, cache: CacheOpt = None, taxonomy: TaxOpt = None,
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 32, cache: CacheOpt = None,
 ) -> None:
     """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
     import asyncio
@@ -464,8 +464,7 @@ def filter_cmd(
     from misalign.build import generate as gen
     from misalign.io import iter_rows, write_dataset
 
-    tax = _taxonomy(taxonomy)
-    cands = [gen.candidate_from_row(row, tax) for _, row in iter_rows(input)]
+    cands = [gen.candidate_from_row(row) for _, row in iter_rows(input)]
     models = _step_models([*generator, judge], base_url, api_key_env, max_concurrency)
 
     async def run():

@@ -193,7 +193,7 @@ def candidate_to_row(c: Candidate) -> dict[str, Any]:
             "verdicts": c.verdicts, "errors": c.errors}
 
 
-def candidate_from_row(row: dict[str, Any], taxonomy: Taxonomy) -> Candidate:
+def candidate_from_row(row: dict[str, Any]) -> Candidate:
     """The inverse of :func:`candidate_to_row`."""
     extra = ("generator", "texts", "rounds", "verdicts", "errors")
     prompt = Prompt.model_validate({k: v for k, v in row.items() if k not in extra})

@@ -11,13 +11,13 @@ A path to a ``.gguf`` file works the same way.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
 from misalign.models.base import Completion, GenerationParams, Message, ModelError, TokenLogprob
+from misalign.models.local import Batch, LocalBatchedModel
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,19 +37,17 @@ def _resolve(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-class HFChatModel:
+class HFChatModel(LocalBatchedModel):
     """A transformers model behind the :class:`~misalign.models.base.ChatModel` interface."""
 
     def __init__(self, path: str, *, batch_size: int = 8, device: str | None = None, dtype: str = "auto") -> None:
+        super().__init__()
         self.path = path
         self.name = f"hf/{path}"
         self.batch_size = batch_size
         self.max_concurrency = batch_size * 2  # enough queued requests to fill the next batch
+        self.max_batch = batch_size * 4
         self.device, self.dtype = device, dtype
-        self._loaded: tuple[Any, Any] | None = None
-        self._queue: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
-        self._load_lock = asyncio.Lock()
 
     def _load(self) -> tuple[Any, Any]:
         try:
@@ -73,46 +71,28 @@ class HFChatModel:
             raise ModelError(f"{self.path!r} has no chat template; hf/ models must be chat (instruct) models")
         return tok, model
 
-    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
-        async with self._load_lock:
-            if self._loaded is None:
-                self._loaded = await asyncio.to_thread(self._load)
-            if self._worker is None:
-                self._queue = asyncio.Queue()
-                self._worker = asyncio.create_task(self._serve())
-        fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
-        assert self._queue is not None
-        await self._queue.put((messages, params, fut))
-        return await fut
+    def _run_batch(self, engine: tuple[Any, Any], batch: Batch) -> list[Completion]:
+        """Group by parameters (one generate call needs one setting), then batches of ``batch_size``."""
+        outs: list[Completion | None] = [None] * len(batch)
+        groups: dict[GenerationParams, list[int]] = {}
+        for i, (_, params) in enumerate(batch):
+            groups.setdefault(params, []).append(i)
+        for params, idxs in groups.items():
+            for k in range(0, len(idxs), self.batch_size):
+                chunk = idxs[k:k + self.batch_size]
+                try:
+                    done = self._generate(engine, [batch[i][0] for i in chunk], params)
+                except Exception as exc:  # one bad chunk fails its requests only
+                    done = [Completion(error=f"{type(exc).__name__}: {exc}")] * len(chunk)
+                for i, c in zip(chunk, done, strict=True):
+                    outs[i] = c
+        return [c if c is not None else Completion(error="not generated") for c in outs]
 
-    async def _serve(self) -> None:
-        """Take what is queued, group it by parameters, generate each group as batches."""
-        assert self._queue is not None
-        while True:
-            first = await self._queue.get()
-            await asyncio.sleep(0)  # let requests issued in the same tick join
-            batch = [first]
-            while not self._queue.empty() and len(batch) < self.batch_size * 4:
-                batch.append(self._queue.get_nowait())
-            groups: dict[GenerationParams, list] = {}
-            for req in batch:
-                groups.setdefault(req[1], []).append(req)
-            for params, reqs in groups.items():
-                for k in range(0, len(reqs), self.batch_size):
-                    chunk = reqs[k:k + self.batch_size]
-                    try:
-                        outs = await asyncio.to_thread(self._generate, [r[0] for r in chunk], params)
-                    except Exception as exc:  # one bad batch fails its requests, not the run
-                        outs = [Completion(error=f"{type(exc).__name__}: {exc}")] * len(chunk)
-                    for (_, _, fut), out in zip(chunk, outs, strict=True):
-                        if not fut.done():
-                            fut.set_result(out)
-
-    def _generate(self, conversations: list[list[Message]], params: GenerationParams) -> list[Completion]:
+    def _generate(self, engine: tuple[Any, Any], conversations: list[list[Message]], params: GenerationParams
+                  ) -> list[Completion]:
         import torch
 
-        assert self._loaded is not None
-        tok, model = self._loaded
+        tok, model = engine
         texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         sample = params.temperature > 0
@@ -160,9 +140,3 @@ class HFChatModel:
                                       usage={"prompt_tokens": prompt_tokens, "completion_tokens": len(ids),
                                              "total_tokens": prompt_tokens + len(ids)}))
         return results
-
-    async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
-        self._loaded = None
