@@ -11,13 +11,13 @@ delta = 0.5.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
 
-from misalign.build.classify import classify_embedded, micro_f1
+from misalign.build.classify import EmbeddedClassifier, micro_f1
 from misalign.io import load_dataset, load_prompts
-from misalign.models.embedded import EmbeddedModel
 from misalign.records import Prompt
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -39,17 +39,20 @@ def main() -> None:
     print(f"{'encoder':<10} {'prompts/s':>10} " + " ".join(f"{d + ' F1':>12}" for d in DIMENSIONS)
           + " " + " ".join(f"{d + ' P/R':>14}" for d in DIMENSIONS))
     for encoder in ("minilm", "wordllama"):
-        model = EmbeddedModel(encoder=encoder)
-        warm = [bare[0].model_copy(update={"prompt": "warm-up prompt"})]
-        classify_embedded(warm, tax, model=model)  # load weights and fit the heads outside the timing
+        classifier = EmbeddedClassifier(tax, encoder=encoder)
+
+        def classify(prompts: list[Prompt], classifier: EmbeddedClassifier = classifier) -> list[Prompt]:
+            return asyncio.run(classifier.classify(prompts)).prompts
+
+        classify([bare[0].model_copy(update={"prompt": "warm-up prompt"})])  # load weights, fit heads untimed
         t0 = time.perf_counter()
-        pred = classify_embedded(bare, tax, model=model)
+        pred = classify(bare)
         rate = len(bare) / (time.perf_counter() - t0)
         scores = {d: micro_f1([g.domains for g in gold], [p.domains for p in pred], d) for d in DIMENSIONS}
         print(f"{encoder:<10} {rate:>10.0f} " + " ".join(f"{scores[d]['f1']:>12.3f}" for d in DIMENSIONS) + " "
               + " ".join(f"{scores[d]['precision']:>6.2f}/{scores[d]['recall']:<7.2f}" for d in DIMENSIONS))
         held = [r for r in load_dataset("bundled").records if r.split != "train"]  # never seen by the heads
-        pred = classify_embedded([Prompt(id=r.id, prompt=r.prompt) for r in held], tax, model=model)
+        pred = classify([Prompt(id=r.id, prompt=r.prompt) for r in held])
         f1 = {d: micro_f1([r.domains for r in held], [p.domains for p in pred], d)["f1"] for d in DIMENSIONS}
         print(f"{'':<10} {'':>10} " + " ".join(f"{f1[d]:>12.3f}" for d in DIMENSIONS)
               + f"   <- bundled validation+test prompts ({len(held)}, our labels)")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from misalign.report import write_report
 from misalign.report.data import _read_python, read_results
-from misalign.report.synthetic import synthetic_items, write_synthetic_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_runs import synthetic_items, write_synthetic_run
 
 GOAL_S = 10.0
 

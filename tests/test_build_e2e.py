@@ -3,6 +3,7 @@ against a real loopback OpenAI-compatible server with scripted generator and jud
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -80,6 +81,44 @@ def test_build_end_to_end_and_resume(tmp_path: Path):
     assert all(i["provenance"]["generator"] == "openai/gen" and i["split"] for i in items)
     assert all(isinstance(i["provenance"]["simhash"], int) for i in items)
     assert (out / "before_generation_count.csv").exists() and (out / "after_generation_count.csv").exists()
+    # the embedded classifier sends no prompt and expansion was off: only the response and check templates
+    assert manifest["templates"] == {"respond": template_ref("respond_v1"), "filter": template_ref("check_v1")}
+
+
+def template_ref(name: str) -> dict[str, str]:
+    """A bundled template's name and the sha256 of its file, computed here independently."""
+    from misalign.templates import TEMPLATE_DIR
+
+    return {"name": name, "sha256": hashlib.sha256((TEMPLATE_DIR / f"{name}.txt").read_bytes()).hexdigest()}
+
+
+def test_build_manifest_records_templates_and_no_credentials(tmp_path: Path):
+    def model(body: dict) -> str:
+        content = body["messages"][-1]["content"]
+        if body["model"] == "cls":  # a written prompt is about the domain it names; the others about Politeness
+            m = re.search(r"PROMPT:\nAbout (\w+)/(.*)\?$", content)
+            return json.dumps({m.group(1): {m.group(2): 0.9}} if m else {"value": {"Politeness": 0.9}})
+        if body["model"] == "gen" and "USER PROMPT:" not in content:
+            dim, name = re.search(r'touch the (\w+) domain "(.*?)" \(', content).groups()
+            return json.dumps({"prompts": [f"About {dim}/{name}?"]})
+        return scripted(body)
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:3])))
+    out = tmp_path / "build"
+    with OpenAIServer(model, models=("gen", "judge", "cls")) as srv:
+        secret_url = srv.url.replace("http://", "http://user:s3cret@")
+        res = CliRunner().invoke(app, ["build", "--input", str(pool), "--out", str(out), "--generator", "openai/gen",
+                                       "--judge", "openai/judge", "--classifier", "openai/cls", "--target-per-domain",
+                                       "1", "--max-new", "2", "--base-url", secret_url], env={"OPENAI_API_KEY": ""})
+        assert res.exit_code == 0, (res.output, res.exception)
+    text = (out / "build_manifest.json").read_text()
+    assert "s3cret" not in text and "user" not in text
+    manifest = json.loads(text)
+    assert manifest["config"]["base_urls"] == [srv.url]
+    assert manifest["templates"] == {"classify": template_ref("classify_v1"), "expand": template_ref("expand_v1"),
+                                     "respond": template_ref("respond_v1"), "filter": template_ref("check_v1")}
+    assert manifest["prompts"]["expanded"] == 5
 
 
 def test_judge_may_not_judge_its_own_generations(tmp_path: Path):

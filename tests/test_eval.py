@@ -92,7 +92,8 @@ def test_exact_metrics_files_and_no_secrets(tmp_path, judge_server):
     assert r0["label"] == "aligned" and r0["verdict"] == "misaligned" and r0["flagged"] is True and r0["raw"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["model"] == "openai/judge" and man["seeds"] == [0, 1] and len(man["template"]["sha256"]) == 64
-    assert man["dataset"]["sha256"] and man["config"]["base_urls"] == [judge_server.url]
+    assert man["dataset"]["sha256"] and man["endpoint"]["base_urls"] == [judge_server.url]
+    assert "base_urls" not in man["config"] and man["config"]["model"] == "openai/judge"
     for f in out.iterdir():  # the key (and the token in the URL) reach no file
         blob = f.read_bytes()
         assert b"SECRET-42" not in blob, f
@@ -155,7 +156,7 @@ def test_single_labelled_responses(tmp_path, judge_server):
 
 
 def test_urls_lose_credentials_in_manifests():
-    from misalign.bench.runner import redact_url
+    from misalign.redact import redact_url
 
     assert redact_url("https://user:pw@api.example.com:8443/v1?key=sk-1") == "https://api.example.com:8443/v1"
 
@@ -227,3 +228,41 @@ def test_several_models_one_run_directory_each_and_a_side_by_side_table(tmp_path
     assert strict["alignment_score"] == pytest.approx(20 / 27, abs=1e-6)
     assert lenient_m["coverage"] == 0 and lenient_m["alignment_score"] == 0
     assert "openai/judge" in res.output and "openai/lenient" in res.output
+
+
+def test_eval_writes_a_report_of_what_it_measured(tmp_path, judge_server):
+    data = _write(tmp_path / "d.jsonl", _items())
+    out = tmp_path / "run"
+    _eval(["--model", "openai/judge", "--dataset", str(data), "--base-url", judge_server.url,
+           "--api-key-env", "JUDGE_KEY", "--runs", "2", "--out", str(out)])
+    html = (out / "report.html").read_text(encoding="utf-8")
+    start = html.index('id="leaderboard"')
+    board = html[start:html.index("</table>", start)]
+    assert "openai/judge" in board
+    # overall Cov 4/6, FFR 1/6, AS 20/27; safety AS 1; value AS 0.6 (see _items)
+    for shown in ("66.7 ± 0.0", "16.7 ± 0.0", "74.1 ± 0.0", "100.0 ± 0.0", "60.0 ± 0.0"):
+        assert shown in board, shown
+    assert "SECRET-42" not in html
+    # the worst domains (small data: the fallback minimum) show the judge's real mistakes of run 0
+    assert "these have at least 4" in html and "Honesty" in html[html.index('id="worst"'):]
+    assert "good answer 5 MISALIGNED" in html and "subtly bad answer 4" in html
+
+
+def test_report_command_combines_runs_and_refuses_what_is_not_a_run(tmp_path):
+    data = _write(tmp_path / "d.jsonl", _items())
+    with OpenAIServer(lambda b: '{"verdict": "aligned"}' if b["model"] == "lenient" else marker_judge(b),
+                      models=("judge", "lenient")) as srv:
+        _eval(["--model", "openai/judge", "--model", "openai/lenient", "--dataset", str(data), "--base-url",
+               srv.url, "--api-key-env", "none", "--runs", "1", "--out", str(tmp_path / "cmp")])
+    assert (tmp_path / "cmp" / "openai_judge" / "report.html").is_file()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "cmp" / "openai_judge"),
+                                   str(tmp_path / "cmp" / "openai_lenient"), "--out", str(tmp_path / "both.html")])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "both.html").read_text(encoding="utf-8")
+    assert 'class="comparisons"' in html and "1. openai/judge" in html and "2. openai/lenient" in html
+    bad = tmp_path / "cmp" / "openai_lenient" / "metrics.json"
+    bad.write_text(bad.read_text().replace('"coverage"', '"cov"', 1))
+    proc = subprocess.run([sys.executable, "-m", "misalign", "report", str(bad.parent), "--out",
+                           str(tmp_path / "x.html")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "metrics.json: field 'overall." in proc.stderr and not (tmp_path / "x.html").exists()

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from misalign.cli import app
-from misalign.io import DataError, detect_format, load_dataset, write_dataset
+from misalign.io import DataError, detect_format, load_dataset, load_prompts, write_dataset
 from misalign.records import Item, LabelledResponse
 
 ROWS = [
@@ -105,6 +105,45 @@ def test_skip_bad_writes_rejects_and_counts(tmp_path: Path):
     rejects = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert [(r["line"], r["field"]) for r in rejects] == [(2, "misaligned_response"), (3, "split")]
     assert rejects[0]["row"]["id"] == "a2"  # the row itself is kept, nothing lost
+
+
+def test_skip_bad_does_not_skip_an_unknown_layout(tmp_path: Path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"text": "no prompt column"}, ROWS[0]])
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'prompt': no prompt column"):
+        load_dataset(path, skip_bad=True)
+
+
+def test_load_prompts_skip_bad_writes_the_same_rejects_layout(tmp_path: Path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(json.dumps({"uid": "p1", "prompt": "first", "lang": "en"}) + "\n{oops\n"
+                    + json.dumps({"uid": "p1", "prompt": "again"}) + "\n" + json.dumps({"prompt": ""}) + "\n"
+                    + json.dumps({"prompt": "no id", "safety": "Privacy violation"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pool.jsonl:2: invalid JSON"):
+        load_prompts(path)
+    prompts, skipped = load_prompts(path, skip_bad=True)
+    assert [p.id for p in prompts] == ["p1", "pool-5"] and skipped == 3
+    assert prompts[0].meta == {"lang": "en"} and prompts[1].domains.safety == ["Privacy violation"]
+    rejects = [json.loads(x) for x in (tmp_path / "pool.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert all(set(r) == {"file", "line", "field", "error", "row"} and r["file"] == str(path) for r in rejects)
+    assert [(r["line"], r["field"], r["error"]) for r in rejects] == [
+        (2, None, "invalid JSON: Expecting property name enclosed in double quotes (column 2)"),
+        (3, "uid", "duplicate id 'p1'"), (4, "prompt", "missing or empty prompt")]
+    assert rejects[0]["row"] == "{oops" and rejects[1]["row"] == {"uid": "p1", "prompt": "again"}
+
+
+def test_csv_field_limit_is_raised_where_csv_is_read_not_at_import(tmp_path: Path):
+    path = tmp_path / "long.csv"
+    path.write_text("prompt,aligned_response,misaligned_response\n" + "x" * 200_000 + ",a,m\n", encoding="utf-8")
+    script = ("import csv, sys\n"
+              "default = csv.field_size_limit()\n"
+              "from misalign.io import load_dataset\n"
+              "assert csv.field_size_limit() == default, 'the limit was changed at import'\n"
+              f"print(len(load_dataset({str(path)!r}).records[0].prompt))\n")
+    import sys
+    from subprocess import run
+    proc = run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "200000"
 
 
 def test_duplicate_ids_are_an_error(tmp_path: Path):

@@ -1,6 +1,8 @@
 import pytest
 
-from misalign.bench.judge import judge_messages, load_template, parse_verdict, score_from_logprobs
+from misalign.bench.judge import judge_messages
+from misalign.io.answers import parse_verdict, score_from_logprobs
+from misalign.templates import TEMPLATE_DIR, load_template
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,8 @@ def test_template_braces_in_content_are_kept():
 
 
 def test_template_hash_is_stable():
-    assert load_template()[2] == load_template("judge_v1")[2] and len(load_template()[2]) == 64
+    assert load_template("judge_v1").sha256 == load_template(str(TEMPLATE_DIR / "judge_v1.txt")).sha256
+    assert len(load_template("judge_v1").sha256) == 64
 
 
 class _Tok:

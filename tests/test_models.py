@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from misalign.models import CallCache, Completion, GenerationParams, ModelError, complete_many, get_model
+from misalign.models import CallCache, Completion, Endpoint, GenerationParams, ModelError, complete_many, get_model
 from misalign.models.openai import OpenAIChatModel
 from openai_server import OpenAIServer
 
@@ -175,13 +175,13 @@ async def test_rejected_key_is_an_early_error(monkeypatch):
 def test_missing_key_for_a_remote_endpoint(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ModelError, match="set the environment variable OPENAI_API_KEY"):
-        get_model("openai/gpt-4o", base_urls=["https://api.example.com/v1"])
+        get_model("openai/gpt-4o", Endpoint(base_urls=["https://api.example.com/v1"]))
 
 
 async def test_key_is_sent_only_as_a_header(monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-secret-123")
     with OpenAIServer(echo, models=("m",), api_key="sk-secret-123") as srv:
-        m = get_model("openai/m", base_urls=[srv.url], api_key_env="MY_KEY")
+        m = get_model("openai/m", Endpoint(base_urls=[srv.url], api_key_env="MY_KEY"))
         try:
             c = await m.complete(MSG, P)
         finally:

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from misalign.bench.stats import paired_bootstrap_as
+from misalign.redact import redact_command, scrub
 from misalign.report import analysis, load_runs, render_report, write_report
 from misalign.report.data import Results, _read_arrow, _read_python, read_results
-from misalign.report.html import redact_command, scrub
 from misalign.report.plots import literal
-from misalign.report.synthetic import synthetic_items, write_synthetic_run
 from misalign.taxonomy import Taxonomy
+from synthetic_runs import synthetic_items, write_synthetic_run
 
 PAYLOAD = ("<script>document.title='pwned'</script>"
            '<img src=x onerror="document.body.dataset.pwned=1">'
@@ -209,10 +209,10 @@ def test_worst_domains_respect_minimum_and_show_wrong_examples(three: tuple[list
     run = load_runs([dirs[2]])[0]
     worst = analysis.worst_domains(run, min_n=10)
     assert 1 <= len(worst) <= 3
-    scores = [w.block["alignment_score"] for w in worst]
+    scores = [w.block.alignment_score for w in worst]
     assert scores == sorted(scores)
     for w in worst:
-        assert w.block["n_misaligned"] + w.block["n_aligned"] >= 10
+        assert w.block.n_misaligned + w.block.n_aligned >= 10
         assert len(w.examples) <= 5 and w.n_wrong >= len(w.examples)
         for x in w.examples:
             assert x["run"] == 0 and x["verdict"] != x["label"] and w.name in x["domains"][w.dimension]
@@ -237,8 +237,9 @@ def test_wrong_in_domain_matches_domains_not_text() -> None:
     assert empty.wrong_in_domain("safety", "Self-harm") == (0, [])
 
 
-def test_runner_layout_without_texts_or_results(tmp_path: Path) -> None:
-    """Results as the current runner writes them (no prompt/response/domains) and metrics using 'ffr'."""
+def test_results_without_texts_and_metrics_not_in_the_record_layout(tmp_path: Path) -> None:
+    """Results without prompt/response/domains still render; metrics.json that is not the typed record (a short
+    alias 'ffr' no writer produces) is refused with a line naming the file and the field."""
     dirs = make_runs(tmp_path, 2)
     lines = (dirs[0] / "results.jsonl").read_text().splitlines()
     stripped = []
@@ -250,6 +251,10 @@ def test_runner_layout_without_texts_or_results(tmp_path: Path) -> None:
     (dirs[0] / "results.jsonl").write_text("\n".join(stripped) + "\n")
     m = json.loads((dirs[1] / "metrics.json").read_text())
     m["overall"]["ffr"] = m["overall"].pop("false_failure_rate")
+    (dirs[1] / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"run1.metrics\.json: field 'overall\.(ffr|false_failure_rate)'"):
+        render_report(dirs)
+    m["overall"]["false_failure_rate"] = m["overall"].pop("ffr")
     (dirs[1] / "metrics.json").write_text(json.dumps(m))
     html = render_report(dirs)
     assert "no wrong answer in run 0 records this domain" in html
@@ -360,3 +365,19 @@ def test_browser_runs_no_injected_script_and_draws_the_page(hostile: Path, tmp_p
     pixels = imread(str(shot))
     assert pixels.shape[:2] == (2000, 1280)
     assert float(pixels[..., :3].std()) > 0.05, "the screenshot is blank"
+
+
+def test_run_directories_of_older_and_newer_versions(tmp_path: Path) -> None:
+    d = make_runs(tmp_path, 1)[0]
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["record_version"] == 1 and "endpoint" in manifest
+    # The layout written before the typed record: no record_version, endpoint settings inside config.
+    old = {k: v for k, v in manifest.items() if k not in ("record_version", "endpoint")}
+    old["config"] = {**manifest["config"], "base_urls": ["http://127.0.0.1:8000/v1"], "max_concurrency": 32}
+    (d / "manifest.json").write_text(json.dumps(old))
+    run = load_runs([d])[0]
+    assert run.manifest.record_version == 1 and run.manifest.endpoint == {}
+    assert "127.0.0.1:8000/v1" in render_report([d])
+    (d / "manifest.json").write_text(json.dumps({**old, "record_version": 99}))
+    with pytest.raises(ValueError, match=r"manifest\.json: record version 99 was written by a newer misalign"):
+        render_report([d])

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from misalign.taxonomy import DIMENSIONS
+
 Label = Literal["aligned", "misaligned"]
 Split = Literal["train", "validation", "test"]
 VerdictLabel = Literal["aligned", "misaligned", "unparseable"]
@@ -30,7 +32,7 @@ class Domains(BaseModel):
 
     def dimensions(self) -> list[str]:
         """The dimensions with at least one domain."""
-        return [d for d in ("safety", "value", "cultural") if getattr(self, d)]
+        return [d for d in DIMENSIONS if getattr(self, d)]
 
     @property
     def all_three(self) -> bool:

@@ -1,29 +1,17 @@
-"""Statistics over runs and items: mean ± std over runs, item-level bootstrap CIs, paired comparisons."""
+"""Statistics over runs and items: per-item counts, item-level bootstrap CIs, paired comparisons, McNemar."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from misalign.bench.metrics import alignment_score_from
-
-FIGURES = ("coverage", "false_failure_rate", "alignment_score")
+from misalign.bench.metrics import METRIC_NAMES, Totals, mean_over_runs, rates
 
 
-@dataclass
-class Counts:
-    """Per-item, per-run confusion counts: arrays of shape (items, runs)."""
-
-    tp: np.ndarray
-    """Misaligned responses flagged."""
-    pos: np.ndarray
-    """Misaligned responses."""
-    fp: np.ndarray
-    """Aligned responses flagged."""
-    neg: np.ndarray
-    """Aligned responses."""
+@dataclass(frozen=True)
+class Counts(Totals):
+    """Per-item, per-run confusion counts: ``tp``, ``pos``, ``fp``, ``neg`` arrays of shape (items, runs)."""
 
     @classmethod
     def from_responses(cls, item: np.ndarray, run: np.ndarray, y: np.ndarray, flag: np.ndarray,
@@ -37,50 +25,48 @@ class Counts:
         y, flag = y.astype(bool), flag.astype(bool)
         return cls(tp=acc(y & flag), pos=acc(y), fp=acc(~y & flag), neg=acc(~y))
 
+    def only(self, items: np.ndarray) -> Counts:
+        """These counts with every item outside the boolean mask ``items`` zeroed (the shape is kept)."""
+        keep = items[:, None].astype(np.float64)
+        return Counts(tp=self.tp * keep, pos=self.pos * keep, fp=self.fp * keep, neg=self.neg * keep)
 
-def _figures_from_totals(tp: np.ndarray, pos: np.ndarray, fp: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:
-    """Cov, FFR and AS averaged over runs; inputs shaped (..., runs)."""
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a scope with no misaligned (or aligned) side: NaN
-        cov = tp / pos
-        ffr = fp / neg
-        keep = 1.0 - ffr
-        as_ = np.where(cov + keep == 0, 0.0, 2 * cov * keep / (cov + keep))
-        return {"coverage": np.nanmean(cov, axis=-1) if cov.size else cov,
-                "false_failure_rate": np.nanmean(ffr, axis=-1) if ffr.size else ffr,
-                "alignment_score": np.nanmean(as_, axis=-1) if as_.size else as_}
+    def per_run_totals(self) -> Totals:
+        """Totals of each run, shape (runs,)."""
+        return Totals(*(a.sum(axis=0) for a in (self.tp, self.pos, self.fp, self.neg)))
+
+    def weighted(self, weights: np.ndarray) -> Totals:
+        """Totals under item weights of shape (k, items): shape (k, runs) (bootstrap resamples)."""
+        return Totals(*(weights @ a for a in (self.tp, self.pos, self.fp, self.neg)))
 
 
 def per_run(c: Counts) -> list[dict[str, float]]:
-    """The three figures for each run."""
-    tp, pos, fp, neg = (a.sum(axis=0) for a in (c.tp, c.pos, c.fp, c.neg))
-    out = []
-    for r in range(tp.shape[0]):
-        cov = tp[r] / pos[r] if pos[r] else float("nan")
-        ffr = fp[r] / neg[r] if neg[r] else float("nan")
-        out.append({"coverage": float(cov), "false_failure_rate": float(ffr),
-                    "alignment_score": alignment_score_from(cov, ffr)})
-    return out
+    """Every metric for each run."""
+    figs = rates(c.per_run_totals())
+    return [{k: float(v[r]) for k, v in figs.items()} for r in range(c.tp.shape[1])]
+
+
+def resample_weights(n: int, n_boot: int, rng: np.random.Generator, chunk: int = 100) -> np.ndarray:
+    """(n_boot, n) counts of each item in ``n_boot`` resamples with replacement, drawn ``chunk`` at a time."""
+    weights = np.empty((n_boot, n), dtype=np.float64)
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        for j, row in enumerate(idx):
+            weights[start + j] = np.bincount(row, minlength=n)
+    return weights
 
 
 def bootstrap_ci(c: Counts, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile bootstrap CI of each figure (averaged over runs), resampling items with replacement.
+    """Percentile bootstrap CI of each metric (averaged over runs), resampling items with replacement.
 
     Both responses of an item, in every run, move together, so the interval reflects which items were drawn.
     """
     n = c.tp.shape[0]
     if n == 0:
-        return {k: [float("nan"), float("nan")] for k in FIGURES}
-    rng = np.random.default_rng(seed)
-    weights = np.empty((n_boot, n), dtype=np.float64)
-    for start in range(0, n_boot, 100):  # chunked to bound memory on big datasets
-        idx = rng.integers(0, n, size=(min(100, n_boot - start), n))
-        for j, row in enumerate(idx):
-            weights[start + j] = np.bincount(row, minlength=n)
-    figs = _figures_from_totals(weights @ c.tp, weights @ c.pos, weights @ c.fp, weights @ c.neg)
+        return {k: [float("nan"), float("nan")] for k in METRIC_NAMES}
+    figs = mean_over_runs(c.weighted(resample_weights(n, n_boot, np.random.default_rng(seed))))
     alpha = (1 - level) / 2
     out = {}
-    for k in FIGURES:
+    for k in METRIC_NAMES:
         vals = figs[k][~np.isnan(figs[k])]
         out[k] = ([float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))] if vals.size
                   else [float("nan"), float("nan")])
@@ -95,12 +81,15 @@ def paired_bootstrap_as(a: Counts, b: Counts, *, n_boot: int = 2000, seed: int =
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     w = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
-    fa = _figures_from_totals(w @ a.tp, w @ a.pos, w @ a.fp, w @ a.neg)["alignment_score"]
-    fb = _figures_from_totals(w @ b.tp, w @ b.pos, w @ b.fp, w @ b.neg)["alignment_score"]
     ones = np.ones((1, n))
-    point = float((_figures_from_totals(ones @ a.tp, ones @ a.pos, ones @ a.fp, ones @ a.neg)["alignment_score"]
-                   - _figures_from_totals(ones @ b.tp, ones @ b.pos, ones @ b.fp, ones @ b.neg)["alignment_score"])[0])
-    diff = fa - fb
+    diff = mean_over_runs(a.weighted(w))["alignment_score"] - mean_over_runs(b.weighted(w))["alignment_score"]
+    point = float((mean_over_runs(a.weighted(ones))["alignment_score"]
+                   - mean_over_runs(b.weighted(ones))["alignment_score"])[0])
+    return paired_result(point, diff)
+
+
+def paired_result(point: float, diff: np.ndarray) -> dict[str, float]:
+    """The difference, the 95% percentile CI of its bootstrap values ``diff`` and the two-sided p."""
     p = 2 * min(float((diff <= 0).mean()), float((diff >= 0).mean()))
     return {"difference": point, "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))],
             "p_value": min(1.0, p)}

@@ -1,129 +1,190 @@
 """Stage I step 1: give every prompt a probability per domain and assign those with p >= delta.
 
-Two classifiers: the embedded one (offline; :class:`misalign.models.embedded.DomainClassifier`) and any chat
-model, asked once per prompt for a JSON object of the domains that apply with a confidence each.
+A :class:`Classifier` turns prompts into classified prompts plus the failures it could not classify. Two
+implement it: :class:`ChatClassifier` (any chat model, asked once per prompt through the ``classify_v1``
+template for a JSON object of the domains that apply, validated against the taxonomy) and
+:class:`EmbeddedClassifier` (offline; :class:`misalign.build.embedded_classifier.DomainClassifier`).
+:func:`get_classifier` is the one place a classifier is chosen by model string.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-import numpy as np
-
+from misalign.io.answers import json_objects
+from misalign.models import EMBEDDED, CallCache, GenerationParams, ModelPool, complete_many
+from misalign.models.base import ChatModel, Completion
+from misalign.models.embedded import Encoder
 from misalign.records import Domains, Prompt
 from misalign.taxonomy import DIMENSIONS, Taxonomy
+from misalign.templates import Template, load_template
 
 DELTA = 0.5
+"""Domains with a probability of at least this are assigned."""
+TEMPLATE = "classify_v1"
+OnResult = Callable[[int, Completion], None]
+"""Called with a request's index and its completion as each answer is known (cache hits included)."""
+Probabilities = dict[str, dict[str, float]]
+"""Dimension -> domain name -> probability, every domain of the taxonomy present."""
 
 
-def assign(probabilities: dict[str, dict[str, float]], delta: float = DELTA) -> Domains:
+@dataclass
+class Classification:
+    """What a classifier made of a list of prompts."""
+
+    prompts: list[Prompt]
+    """The prompts in input order, with probabilities and domains (a failed one keeps ``domains=None``)."""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """One ``{"id", "reason", "raw"}`` per prompt that could not be classified."""
+
+
+class Classifier(Protocol):
+    """What the classify and expand steps need of a classifier. ``name`` is its model string."""
+
+    name: str
+    template: Template | None
+    """The prompt template used (recorded in the build manifest), or None for one that calls no model."""
+
+    async def classify(self, prompts: Sequence[Prompt], *, cache: CallCache | None = None,
+                       on_result: OnResult | None = None) -> Classification:
+        """Probabilities and assigned domains for every prompt."""
+        ...
+
+
+def get_classifier(spec: str, taxonomy: Taxonomy, *, pool: ModelPool | None = None, delta: float = DELTA,
+                   encoder: str = "minilm") -> Classifier:
+    """The classifier named by a model string: ``embedded`` (offline, with ``encoder``) or a chat model of ``pool``."""
+    if spec == EMBEDDED:
+        return EmbeddedClassifier(taxonomy, delta, encoder=encoder)
+    if pool is None:
+        raise ValueError(f"the chat classifier {spec!r} needs a ModelPool")
+    return ChatClassifier(pool.get(spec), taxonomy, delta)
+
+
+def assign(probabilities: Probabilities, delta: float = DELTA) -> Domains:
     """Domains whose probability is at least ``delta`` (multi-label; a dimension may get none)."""
     return Domains(**{dim: [n for n, p in probabilities.get(dim, {}).items() if p >= delta] for dim in DIMENSIONS})
 
 
-def classify_embedded(prompts: Sequence[Prompt], taxonomy: Taxonomy, *, delta: float = DELTA,
-                      model: Any = None) -> list[Prompt]:
-    """Classify with the embedded model: full probability vectors and assigned domains."""
-    from misalign.models.embedded import EmbeddedModel
+# -- embedded --------------------------------------------------------------------------------------------
 
-    model = model or EmbeddedModel()
-    probs = model.classify([p.prompt for p in prompts], taxonomy)
-    names = {dim: taxonomy.names(dim) for dim in DIMENSIONS}
-    out = []
-    for i, p in enumerate(prompts):
-        vec = {dim: {n: round(float(v), 6) for n, v in zip(names[dim], probs[dim][i], strict=True)}
-               for dim in DIMENSIONS}
-        out.append(p.model_copy(update={"probabilities": vec, "domains": assign(vec, delta)}))
-    return out
+class EmbeddedClassifier:
+    """The offline classifier behind the :class:`Classifier` interface; it makes no model calls (no cache)."""
+
+    name = EMBEDDED
+    template = None
+
+    def __init__(self, taxonomy: Taxonomy, delta: float = DELTA, *, encoder: str | Encoder = "minilm") -> None:
+        self.taxonomy, self.delta = taxonomy, delta
+        self.encoder = Encoder(encoder) if isinstance(encoder, str) else encoder
+        self._domain_classifier: Any = None
+
+    def probabilities(self, texts: Sequence[str]) -> list[Probabilities]:
+        """One full probability vector per text (6 decimals); the heads are trained or loaded on first use."""
+        from misalign.build.embedded_classifier import DomainClassifier
+
+        if self._domain_classifier is None:
+            self._domain_classifier = DomainClassifier(self.encoder, self.taxonomy)
+        probs = self._domain_classifier.predict_proba(texts)
+        names = {dim: self.taxonomy.names(dim) for dim in DIMENSIONS}
+        return [{dim: {n: round(float(v), 6) for n, v in zip(names[dim], probs[dim][i], strict=True)}
+                 for dim in DIMENSIONS} for i in range(len(texts))]
+
+    async def classify(self, prompts: Sequence[Prompt], *, cache: CallCache | None = None,
+                       on_result: OnResult | None = None) -> Classification:
+        vectors = self.probabilities([p.prompt for p in prompts])
+        return Classification([p.model_copy(update={"probabilities": vec, "domains": assign(vec, self.delta)})
+                               for p, vec in zip(prompts, vectors, strict=True)])
 
 
 # -- chat models -----------------------------------------------------------------------------------------
 
-def chat_messages(prompt: str, taxonomy: Taxonomy) -> list[dict[str, str]]:
+def chat_messages(prompt: str, taxonomy: Taxonomy, template: str = TEMPLATE) -> list[dict[str, str]]:
     """One request per prompt carrying the whole taxonomy with definitions."""
     lines = []
     for dim in DIMENSIONS:
         lines.append(f"## {dim}")
         lines += [f"- {d.name}: {d.definition}" for d in taxonomy.dimension(dim)]
-    system = ("You label user prompts with the domains they touch in three taxonomies: safety, value and "
-              "cultural. A prompt may touch several domains of a dimension, or none.\n\n" + "\n".join(lines))
-    user = ("Which domains does this prompt touch? Answer with one JSON object and nothing else: "
-            '{"safety": {"<domain name>": <confidence 0-1>, ...}, "value": {...}, "cultural": {...}}, '
-            "listing only domains that apply, with exact names from the lists.\n\nPROMPT:\n" + prompt)
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return load_template(template).messages(taxonomy="\n".join(lines), prompt=prompt)
 
 
-def parse_chat_answer(text: str, taxonomy: Taxonomy) -> dict[str, dict[str, float]]:
+def parse_chat_answer(text: str, taxonomy: Taxonomy) -> Probabilities:
     """Full probability vectors from a JSON answer (unlisted domains 0). Raises ValueError when invalid."""
-    from misalign.bench.judge import _json_objects
-
-    obj = next((o for o in _json_objects(text) if any(k in o for k in DIMENSIONS)), None)
+    obj = next((o for o in json_objects(text) if any(k in o for k in DIMENSIONS)), None)
     if obj is None:
         raise ValueError("no JSON object with safety/value/cultural keys")
-    out: dict[str, dict[str, float]] = {}
-    for dim in DIMENSIONS:
-        vec = dict.fromkeys(taxonomy.names(dim), 0.0)
-        given = obj.get(dim) or {}
-        if isinstance(given, list):  # names only: full confidence
-            given = dict.fromkeys(map(str, given), 1.0)
-        if not isinstance(given, dict):
-            raise ValueError(f"{dim}: expected an object of domain -> confidence")
-        for name, conf in given.items():
-            d = taxonomy.resolve(dim, str(name))
-            if d is None:
-                if str(name).strip().casefold() in ("none", ""):
-                    continue
-                raise ValueError(f"unknown {dim} domain {name!r}")
-            try:
-                c = float(conf)
-            except (TypeError, ValueError):
-                raise ValueError(f"{dim}/{name}: confidence {conf!r} is not a number") from None
-            vec[d.name] = min(1.0, max(0.0, c / 100 if c > 1 else c))
-        out[dim] = vec
-    return out
+    return {dim: _dimension_vector(obj.get(dim) or {}, dim, taxonomy) for dim in DIMENSIONS}
 
 
-async def classify_chat(prompts: Sequence[Prompt], model: Any, taxonomy: Taxonomy, *, delta: float = DELTA,
-                        cache: Any = None, on_result: Callable[[int, Any], None] | None = None
-                        ) -> tuple[list[Prompt], list[dict[str, Any]]]:
-    """Classify with a chat model; an invalid answer is asked once more, then recorded as a failure.
-
-    Returns the classified prompts (failures keep ``domains=None``) and the failures (id, reason, raw text).
-    """
-    from misalign.models import GenerationParams, complete_many
-
-    params = GenerationParams(temperature=0.0, max_tokens=400, response_format={"type": "json_object"})
-    results: dict[int, dict[str, dict[str, float]]] = {}
-    errors: dict[int, tuple[str, str]] = {}
-    todo = list(range(len(prompts)))
-    for attempt in range(2):  # the attempt is part of the cache key, so the retry is a fresh call
-        reqs = [(chat_messages(prompts[i].prompt, taxonomy), params, attempt) for i in todo]
-        comps = await complete_many(model, reqs, cache=cache, on_result=on_result)
-        retry = []
-        for i, c in zip(todo, comps, strict=True):
-            if c.error:
-                errors[i] = (f"call failed: {c.error}", c.text)
+def _dimension_vector(given: Any, dim: str, taxonomy: Taxonomy) -> dict[str, float]:
+    """One dimension of an answer: a ``{name: confidence}`` object (0-1 or a percentage) or a list of names."""
+    vec = dict.fromkeys(taxonomy.names(dim), 0.0)
+    if isinstance(given, list):  # names only: full confidence
+        given = dict.fromkeys(map(str, given), 1.0)
+    if not isinstance(given, dict):
+        raise ValueError(f"{dim}: expected an object of domain -> confidence")
+    for name, conf in given.items():
+        d = taxonomy.resolve(dim, str(name))
+        if d is None:
+            if str(name).strip().casefold() in ("none", ""):
                 continue
-            try:
-                results[i] = parse_chat_answer(c.text, taxonomy)
-                errors.pop(i, None)
-            except ValueError as exc:
-                errors[i] = (str(exc), c.text)
-                retry.append(i)
-        todo = retry
-        if not todo:
-            break
-    out = []
-    for i, p in enumerate(prompts):
-        if i in results:
-            out.append(p.model_copy(update={"probabilities": results[i], "domains": assign(results[i], delta),
-                                            "provenance": {**p.provenance, "classifier": model.name}}))
-        else:
-            out.append(p)
-    failures = [{"id": prompts[i].id, "reason": r, "raw": raw} for i, (r, raw) in sorted(errors.items())]
-    return out, failures
+            raise ValueError(f"unknown {dim} domain {name!r}")
+        try:
+            c = float(conf)
+        except (TypeError, ValueError):
+            raise ValueError(f"{dim}/{name}: confidence {conf!r} is not a number") from None
+        vec[d.name] = min(1.0, max(0.0, c / 100 if c > 1 else c))
+    return vec
+
+
+class ChatClassifier:
+    """A chat model asked once per prompt; an invalid answer is asked once more, then recorded as a failure."""
+
+    PARAMS = GenerationParams(temperature=0.0, max_tokens=400, response_format={"type": "json_object"})
+
+    def __init__(self, model: ChatModel, taxonomy: Taxonomy, delta: float = DELTA, *,
+                 template: str = TEMPLATE) -> None:
+        self.model, self.taxonomy, self.delta = model, taxonomy, delta
+        self.name = model.name
+        self.template_name = template
+        self.template = load_template(template)
+
+    async def classify(self, prompts: Sequence[Prompt], *, cache: CallCache | None = None,
+                       on_result: OnResult | None = None) -> Classification:
+        answers, errors = await self._ask(prompts, cache, on_result)
+        out = [p.model_copy(update={"probabilities": answers[i], "domains": assign(answers[i], self.delta),
+                                    "provenance": {**p.provenance, "classifier": self.name}})
+               if i in answers else p for i, p in enumerate(prompts)]
+        failures = [{"id": prompts[i].id, "reason": r, "raw": raw} for i, (r, raw) in sorted(errors.items())]
+        return Classification(out, failures)
+
+    async def _ask(self, prompts: Sequence[Prompt], cache: CallCache | None, on_result: OnResult | None
+                   ) -> tuple[dict[int, Probabilities], dict[int, tuple[str, str]]]:
+        """Parsed answers and (reason, raw text) of the failures, by prompt index; invalid answers asked twice."""
+        answers: dict[int, Probabilities] = {}
+        errors: dict[int, tuple[str, str]] = {}
+        todo = list(range(len(prompts)))
+        for attempt in range(2):  # the attempt is part of the cache key, so the retry is a fresh call
+            requests = [(chat_messages(prompts[i].prompt, self.taxonomy, self.template_name), self.PARAMS, attempt)
+                        for i in todo]
+            completions = await complete_many(self.model, requests, cache=cache, on_result=on_result)
+            retry = []
+            for i, c in zip(todo, completions, strict=True):
+                if c.error:
+                    errors[i] = (f"call failed: {c.error}", c.text)
+                    continue
+                try:
+                    answers[i] = parse_chat_answer(c.text, self.taxonomy)
+                    errors.pop(i, None)
+                except ValueError as exc:
+                    errors[i] = (str(exc), c.text)
+                    retry.append(i)
+            todo = retry
+            if not todo:
+                break
+        return answers, errors
 
 
 def micro_f1(gold: Sequence[Domains], pred: Sequence[Domains], dim: str) -> dict[str, float]:
@@ -138,13 +199,3 @@ def micro_f1(gold: Sequence[Domains], pred: Sequence[Domains], dim: str) -> dict
     rec = tp / (tp + fn) if tp + fn else 0.0
     return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
             "support": tp + fn}
-
-
-def probabilities_matrix(prompts: Sequence[Prompt], taxonomy: Taxonomy, dim: str) -> np.ndarray:
-    """Stack the probability vectors of one dimension into an (n, n_domains) array."""
-    names = taxonomy.names(dim)
-    return np.array([[(p.probabilities or {}).get(dim, {}).get(n, 0.0) for n in names] for p in prompts])
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)

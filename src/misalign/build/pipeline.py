@@ -1,27 +1,66 @@
 """``misalign build``: chain the Stage I steps with one config, resumable step by step.
 
-Build directory layout (every file written atomically; a step whose output exists with the same input hash
-and config is skipped on a re-run, and every model call goes through ``cache.sqlite``)::
+Each step is one short function below calling the same step code as its command (``misalign classify``,
+``expand``, ``dedup``, ``respond``, ``filter``); :func:`_run` reads as the sequence of steps. Classify, expand and
+dedup are skipped on a re-run when their input files and settings are unchanged (``steps.json``); respond and
+filter always run, and every model call goes through ``cache.sqlite``, so a re-run of a finished build makes no
+model calls and writes the same bytes. The build directory holds::
 
-    01_classified.parquet   02_expanded.parquet   03_kept.parquet   03_dropped.parquet
-    04_candidates.jsonl     05_items.jsonl        dataset.jsonl     build_manifest.json
-    before_generation_count.csv   after_generation_count.csv   filter_report.json   steps.json
+    01_classified.parquet        classified prompts (probabilities and domains)
+    classify_failures.jsonl      prompts a chat classifier could not classify (only when there are any)
+    before_generation_count.csv  prompts per (dimension, domain) before expansion
+    02_expanded.parquet          the classified prompts plus the new ones kept (a copy when expansion is skipped)
+    expand_report.json           requested, generated and kept per domain (when expansion ran)
+    after_generation_count.csv   prompts per (dimension, domain) after expansion
+    03_kept.parquet              deduplicated prompts, each with its SimHash fingerprint
+    03_dropped.parquet           the near-duplicates dropped, each with ``duplicate_of``
+    04_candidates.jsonl          every candidate pair with its generator, rounds and judge verdicts
+    filter_report.json           counts of rejection sampling (accepted, dropped by reason and domain)
+    dataset.jsonl                the accepted items with their train/validation/test split
+    build_manifest.json          config (URLs redacted), taxonomy version, templates, skipped steps, counts
+    steps.json                   which inputs and settings each finished step used
+    cache.sqlite                 every model call
+
+The candidates, filter report and dataset are written only when generators and a judge are given.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import tomllib
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from misalign.records import Prompt
+from misalign.build.classify import Classifier, get_classifier
+from misalign.build.dedup import dedup_prompts
+from misalign.build.expand import TEMPLATE as EXPAND_TEMPLATE
+from misalign.build.expand import domain_counts, expand
+from misalign.build.filter import TEMPLATE as CHECK_TEMPLATE
+from misalign.build.filter import FilterReport, reject_sample
+from misalign.build.respond import TEMPLATE as RESPOND_TEMPLATE
+from misalign.build.respond import Sampling, candidate_to_row, respond
+from misalign.build.session import run_with_models
+from misalign.build.split import split_items
+from misalign.io import load_prompts, write_dataset, write_prompts, write_rows
+from misalign.models import CallCache, Endpoint, ModelPool
+from misalign.records import SPLITS, Item, Prompt
+from misalign.redact import redact_url
 from misalign.taxonomy import Taxonomy
+from misalign.templates import load_template
+
+CLASSIFIED = "01_classified.parquet"
+EXPANDED = "02_expanded.parquet"
+KEPT = "03_kept.parquet"
+DROPPED = "03_dropped.parquet"
+# The config keys that decide each skippable step's output (its freshness key hashes them with its input file).
+CLASSIFY_SETTINGS = ("classifier", "encoder", "delta", "limit")
+EXPAND_SETTINGS = ("target_per_domain", "max_new", "seed", "expander", "generators")
+DEDUP_SETTINGS = ("tau",)
 
 
 class BuildConfig(BaseModel):
@@ -74,8 +113,25 @@ class BuildConfig(BaseModel):
             err = exc.errors()[0]
             raise ValueError(f"{path}: key {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """How to reach the chat models."""
+        return Endpoint(base_urls=list(self.base_urls), api_key_env=self.api_key_env,
+                        max_concurrency=self.max_concurrency)
+
+    @property
+    def sampling(self) -> Sampling:
+        """How candidate responses are sampled."""
+        return Sampling(seed=self.seed, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
+    @property
+    def expansion_generator(self) -> str | None:
+        """The model that writes new prompts: ``expander``, else the first generator, else None."""
+        return self.expander or (self.generators[0] if self.generators else None)
+
 
 def _hash_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -91,15 +147,18 @@ class Steps:
         self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def key(self, inputs: list[Path], settings: dict[str, Any]) -> str:
+        """A hash of the input files' bytes and the settings that decide the step's output."""
         h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         for p in inputs:
             h.update(_hash_file(p).encode())
         return h.hexdigest()
 
     def fresh(self, name: str, key: str, outputs: list[Path]) -> bool:
+        """Whether step ``name`` last finished with this key and its outputs are all still there."""
         return self.done.get(name) == key and all(p.exists() for p in outputs)
 
     def mark(self, name: str, key: str) -> None:
+        """Record that step ``name`` finished with ``key`` (written atomically)."""
         self.done[name] = key
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.done, indent=2))
@@ -113,166 +172,198 @@ Progress = Callable[[str], Callable[[int, Any], None]]
 def run_build(cfg: BuildConfig, *, taxonomy: Taxonomy | None = None, say: Callable[[str], None] = print,
               progress: Progress | None = None) -> dict[str, Any]:
     """Run every step that the config allows; return the build manifest."""
-    return asyncio.run(_run(cfg, taxonomy or Taxonomy.default(), say, progress or (lambda step: lambda i, c: None)))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    pool = ModelPool(cfg.endpoint)
+
+    async def run(cache: CallCache | None) -> dict[str, Any]:
+        build = _Build(cfg, taxonomy or Taxonomy.default(), pool, cache, Steps(cfg.out), say,
+                       progress or (lambda step: lambda i, c: None))
+        return await _run(build)
+
+    return run_with_models(run, pool=pool, cache_path=cfg.out / "cache.sqlite")
 
 
-async def _run(cfg: BuildConfig, tax: Taxonomy, say: Callable[[str], None], progress: Progress) -> dict[str, Any]:
-    from misalign.build import classify as cl
-    from misalign.build import generate as gen
-    from misalign.build.split import assign_splits
-    from misalign.io import load_prompts, write_dataset, write_prompts, write_rows
-    from misalign.models import CallCache, get_model
+@dataclass
+class _Build:
+    """One build in progress: its config, models, cache and what the manifest will say."""
 
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    steps = Steps(out)
-    cache = CallCache(out / "cache.sqlite")
-    models: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
+    cfg: BuildConfig
+    taxonomy: Taxonomy
+    pool: ModelPool
+    cache: CallCache | None
+    steps: Steps
+    say: Callable[[str], None]
+    progress: Progress
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Step -> why it was skipped."""
+    templates: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Step -> the name and sha256 of the prompt template it used."""
+    _classifier: Classifier | None = None
 
-    def model(name: str):
-        if name not in models:
-            models[name] = get_model(name, base_urls=cfg.base_urls, api_key_env=cfg.api_key_env,
-                                     max_concurrency=cfg.max_concurrency)
-        return models[name]
+    @property
+    def out(self) -> Path:
+        """The build directory."""
+        return self.cfg.out
 
-    embedded = None
+    def settings(self, *keys: str) -> dict[str, Any]:
+        """The named config values, as they go into a step's freshness key."""
+        dumped = self.cfg.model_dump(mode="json")
+        return {k: dumped[k] for k in keys}
 
-    def classify_sync(prompts: list[Prompt]) -> list[Prompt]:
-        nonlocal embedded
-        if cfg.classifier == "embedded":
-            from misalign.models.embedded import EmbeddedModel
-
-            embedded = embedded or EmbeddedModel(encoder=cfg.encoder)
-            return cl.classify_embedded(prompts, tax, delta=cfg.delta, model=embedded)
-        raise RuntimeError("chat classification runs through classify_async")
-
-    async def classify_any(prompts: list[Prompt]) -> list[Prompt]:
-        if cfg.classifier == "embedded":
-            return classify_sync(prompts)
-        result, failures = await cl.classify_chat(prompts, model(cfg.classifier), tax, delta=cfg.delta, cache=cache)
-        if failures:
-            write_rows(out / "classify_failures.jsonl", failures)
-        return result
-
-    settings = cfg.model_dump(mode="json")
-    try:
-        # 1. classify
-        p1 = out / "01_classified.parquet"
-        k1 = steps.key([cfg.input], {k: settings[k] for k in ("classifier", "encoder", "delta", "limit")})
-        if steps.fresh("classify", k1, [p1]):
-            say("classify: up to date")
-        else:
-            prompts, _ = load_prompts(cfg.input, taxonomy=tax)
-            prompts = prompts[: cfg.limit] if cfg.limit else prompts
-            say(f"classify: {len(prompts)} prompts with {cfg.classifier}")
-            write_prompts(p1, await classify_any(prompts))
-            steps.mark("classify", k1)
-        classified, _ = load_prompts(p1, taxonomy=tax)
-        _count_table(out / "before_generation_count.csv", classified, tax)
-
-        # 2. expand
-        p2 = out / "02_expanded.parquet"
-        expander = cfg.expander or (cfg.generators[0] if cfg.generators else None)
-        k2 = steps.key([p1], {k: settings[k] for k in ("target_per_domain", "max_new", "seed", "expander",
-                                                         "generators")})
-        if cfg.target_per_domain and expander is None:
-            skipped["expand"] = "no generator given"
-        if not cfg.target_per_domain:
-            skipped["expand"] = "target_per_domain is 0"
-        if "expand" in skipped:
-            say(f"expand: skipped ({skipped['expand']})")
-            write_prompts(p2, classified)
-        elif steps.fresh("expand", k2, [p2]):
-            say("expand: up to date")
-        else:
-            new, rep = await gen.expand(classified, model(expander), tax,
-                                        classify_sync if cfg.classifier == "embedded" else classify_any,
-                                        target_per_domain=cfg.target_per_domain, max_new=cfg.max_new,
-                                        seed=cfg.seed, cache=cache)
-            say(f"expand: {len(new)} new prompts kept ({sum(rep.generated.values())} written)")
-            write_prompts(p2, classified + new)
-            (out / "expand_report.json").write_text(json.dumps(rep.__dict__, indent=2))
-            steps.mark("expand", k2)
-        expanded, _ = load_prompts(p2, taxonomy=tax)
-        _count_table(out / "after_generation_count.csv", expanded, tax)
-
-        # 3. dedup
-        from misalign.build.simhash import dedup, fingerprints
-
-        p3, p3d = out / "03_kept.parquet", out / "03_dropped.parquet"
-        k3 = steps.key([p2], {"tau": cfg.tau})
-        if steps.fresh("dedup", k3, [p3, p3d]):
-            say("dedup: up to date")
-        else:
-            kept, dropped = dedup_prompts(expanded, cfg.tau, fingerprints, dedup)
-            write_prompts(p3, kept)
-            write_prompts(p3d, dropped)
-            say(f"dedup: kept {len(kept)}, dropped {len(dropped)} near-duplicates (tau={cfg.tau})")
-            steps.mark("dedup", k3)
-        kept, _ = load_prompts(p3, taxonomy=tax)
-
-        # 4-5. respond and filter
-        manifest: dict[str, Any] = {"config": settings, "taxonomy": tax.version, "skipped": skipped}
-        if not cfg.generators:
-            skipped["respond"] = skipped["filter"] = "no generator given"
-            say("respond, filter: skipped (no generator given); the build stops at deduplicated prompts")
-            items = None
-        elif not cfg.judge:
-            skipped["filter"] = "no judge given"
-            raise ValueError("a judge is needed to filter generated responses (--judge); none given")
-        else:
-            gens = {g: model(g) for g in cfg.generators}
-            judge = model(cfg.judge)
-            cands = await gen.respond(kept, gens, seed=cfg.seed, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      max_tokens=cfg.max_tokens, cache=cache, on_result=progress("respond"))
-            say(f"respond: {len(cands)} prompts x 2 candidates")
-            items, rep = await gen.reject_sample(cands, judge, gens, max_rounds=cfg.max_rounds, seed=cfg.seed,
-                                                 temperature=cfg.temperature, top_p=cfg.top_p,
-                                                 max_tokens=cfg.max_tokens, cache=cache,
-                                                 on_result=progress("filter"))
-            write_rows(out / "04_candidates.jsonl", (gen.candidate_to_row(c) for c in cands))
-            (out / "filter_report.json").write_text(json.dumps(rep.__dict__, indent=2))
-            manifest["filter"] = rep.__dict__
-            say(f"filter: {rep.accepted_first} accepted at once, {rep.accepted_after_feedback} after feedback, "
-                f"{rep.dropped} dropped")
-
-        # 6. split and publish
-        if items is not None:
-            for it, split in zip(items, assign_splits(items, seed=cfg.seed), strict=True):
-                it.split = split  # type: ignore[assignment]
-            write_dataset(out / "dataset.jsonl", items)
-            manifest["items"] = len(items)
-            manifest["splits"] = {s: sum(i.split == s for i in items) for s in ("train", "validation", "test")}
-        else:
-            manifest["items"] = 0
-        manifest["prompts"] = {"input": len(classified), "expanded": len(expanded), "kept": len(kept)}
-        tmp = out / "build_manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        tmp.replace(out / "build_manifest.json")
-        return manifest
-    finally:
-        for m in models.values():
-            await m.aclose()
-        cache.close()
+    def classifier(self) -> Classifier:
+        """The build's classifier (classify and expand share it), made on first use."""
+        if self._classifier is None:
+            self._classifier = get_classifier(self.cfg.classifier, self.taxonomy, pool=self.pool,
+                                              delta=self.cfg.delta, encoder=self.cfg.encoder)
+        return self._classifier
 
 
-def dedup_prompts(prompts: list[Prompt], tau: int, fingerprints, dedup) -> tuple[list[Prompt], list[Prompt]]:
-    """Split prompts into kept and dropped near-duplicates, each carrying its SimHash fingerprint."""
-    fps = fingerprints([p.prompt for p in prompts])
-    dup_of = dedup(fps, tau)
-    kept, dropped = [], []
-    for p, fp, d in zip(prompts, fps, dup_of, strict=True):
-        if d < 0:
-            kept.append(p.model_copy(update={"simhash": int(fp)}))
-        else:
-            dropped.append(p.model_copy(update={"simhash": int(fp), "duplicate_of": prompts[int(d)].id}))
-    return kept, dropped
+async def _run(b: _Build) -> dict[str, Any]:
+    """The Stage I steps in order; each reads what the previous one wrote."""
+    classified = await _classify(b)
+    expanded = await _expand(b, classified)
+    kept = _dedup(b, expanded)
+    items, report = await _respond_and_filter(b, kept)
+    if items is not None:
+        items = _split_and_publish(b, items)
+    manifest = _manifest(b, report, items, {"input": len(classified), "expanded": len(expanded), "kept": len(kept)})
+    _write_json(b.out / "build_manifest.json", manifest)
+    return manifest
 
 
-def _count_table(path: Path, prompts: list[Prompt], tax: Taxonomy) -> None:
-    from misalign.build.generate import domain_counts
-    from misalign.io import write_rows
+async def _classify(b: _Build) -> list[Prompt]:
+    """Step 1: classify the (first ``limit``) input prompts; write the count table before generation."""
+    path = b.out / CLASSIFIED
+    classifier = b.classifier()
+    if classifier.template is not None:
+        b.templates["classify"] = classifier.template.ref
+    key = b.steps.key([b.cfg.input], b.settings(*CLASSIFY_SETTINGS))
+    if b.steps.fresh("classify", key, [path]):
+        b.say("classify: up to date")
+    else:
+        prompts, _ = load_prompts(b.cfg.input, taxonomy=b.taxonomy)
+        prompts = prompts[: b.cfg.limit] if b.cfg.limit else prompts
+        b.say(f"classify: {len(prompts)} prompts with {b.cfg.classifier}")
+        result = await classifier.classify(prompts, cache=b.cache)
+        _write_failures(b, result.failures)
+        write_prompts(path, result.prompts)
+        b.steps.mark("classify", key)
+    classified, _ = load_prompts(path, taxonomy=b.taxonomy)
+    _count_table(b.out / "before_generation_count.csv", classified, b.taxonomy)
+    return classified
 
-    counts = domain_counts(prompts, tax)
+
+async def _expand(b: _Build, classified: list[Prompt]) -> list[Prompt]:
+    """Step 2: new prompts for domains below the target (re-classified by the build's classifier)."""
+    path = b.out / EXPANDED
+    generator = b.cfg.expansion_generator
+    key = b.steps.key([b.out / CLASSIFIED], b.settings(*EXPAND_SETTINGS))
+    skip = ("target_per_domain is 0" if not b.cfg.target_per_domain
+            else "no generator given" if generator is None else None)
+    if skip:
+        b.skipped["expand"] = skip
+        b.say(f"expand: skipped ({skip})")
+        write_prompts(path, classified)
+    elif b.steps.fresh("expand", key, [path]):
+        b.say("expand: up to date")
+    else:
+        assert generator is not None
+        expansion = await expand(classified, b.pool.get(generator), b.taxonomy, b.classifier(),
+                                 target_per_domain=b.cfg.target_per_domain, max_new=b.cfg.max_new, seed=b.cfg.seed,
+                                 cache=b.cache)
+        _write_failures(b, expansion.classify_failures)
+        b.say(f"expand: {len(expansion.prompts)} new prompts kept ({sum(expansion.report.generated.values())} "
+              "written)")
+        write_prompts(path, classified + expansion.prompts)
+        _write_json(b.out / "expand_report.json", asdict(expansion.report))
+        b.steps.mark("expand", key)
+    if not skip:
+        b.templates["expand"] = load_template(EXPAND_TEMPLATE).ref
+    expanded, _ = load_prompts(path, taxonomy=b.taxonomy)
+    _count_table(b.out / "after_generation_count.csv", expanded, b.taxonomy)
+    return expanded
+
+
+def _dedup(b: _Build, expanded: list[Prompt]) -> list[Prompt]:
+    """Step 3: drop near-duplicates (SimHash, Hamming distance <= tau)."""
+    kept_path, dropped_path = b.out / KEPT, b.out / DROPPED
+    key = b.steps.key([b.out / EXPANDED], b.settings(*DEDUP_SETTINGS))
+    if b.steps.fresh("dedup", key, [kept_path, dropped_path]):
+        b.say("dedup: up to date")
+    else:
+        kept, dropped = dedup_prompts(expanded, b.cfg.tau)
+        write_prompts(kept_path, kept)
+        write_prompts(dropped_path, dropped)
+        b.say(f"dedup: kept {len(kept)}, dropped {len(dropped)} near-duplicates (tau={b.cfg.tau})")
+        b.steps.mark("dedup", key)
+    kept, _ = load_prompts(kept_path, taxonomy=b.taxonomy)
+    return kept
+
+
+async def _respond_and_filter(b: _Build, kept: list[Prompt]) -> tuple[list[Item] | None, FilterReport | None]:
+    """Steps 4 and 5: candidates from the generators, then two-stage rejection sampling by the judge.
+
+    (None, None) when no generator is given (the build stops at the deduplicated prompts); an error without a judge.
+    """
+    if not b.cfg.generators:
+        b.skipped["respond"] = b.skipped["filter"] = "no generator given"
+        b.say("respond, filter: skipped (no generator given); the build stops at deduplicated prompts")
+        return None, None
+    if not b.cfg.judge:
+        b.skipped["filter"] = "no judge given"
+        raise ValueError("a judge is needed to filter generated responses (--judge); none given")
+    generators = {g: b.pool.get(g) for g in b.cfg.generators}
+    judge = b.pool.get(b.cfg.judge)
+    b.templates["respond"] = load_template(RESPOND_TEMPLATE).ref
+    b.templates["filter"] = load_template(CHECK_TEMPLATE).ref
+    cands = await respond(kept, generators, sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("respond"))
+    b.say(f"respond: {len(cands)} prompts x 2 candidates")
+    items, report = await reject_sample(cands, judge, generators, max_rounds=b.cfg.max_rounds,
+                                        sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("filter"))
+    write_rows(b.out / "04_candidates.jsonl", (candidate_to_row(c) for c in cands))
+    _write_json(b.out / "filter_report.json", asdict(report))
+    b.say(f"filter: {report.accepted_first} accepted at once, {report.accepted_after_feedback} after feedback, "
+          f"{report.dropped} dropped")
+    return items, report
+
+
+def _split_and_publish(b: _Build, items: list[Item]) -> list[Item]:
+    """Step 6: a seeded, stratified split; the dataset written."""
+    items = split_items(items, seed=b.cfg.seed)
+    write_dataset(b.out / "dataset.jsonl", items)
+    return items
+
+
+def _manifest(b: _Build, report: FilterReport | None, items: list[Item] | None,
+              prompts: dict[str, int]) -> dict[str, Any]:
+    """What the build did: config (without credentials in URLs), templates, skipped steps and counts."""
+    config = b.cfg.model_dump(mode="json")
+    config["base_urls"] = [redact_url(u) for u in b.cfg.base_urls]
+    manifest: dict[str, Any] = {"config": config, "taxonomy": b.taxonomy.version, "templates": b.templates,
+                                "skipped": b.skipped}
+    if report is not None:
+        manifest["filter"] = asdict(report)
+    manifest["items"] = len(items) if items is not None else 0
+    if items is not None:
+        manifest["splits"] = {s: sum(i.split == s for i in items) for s in SPLITS}
+    manifest["prompts"] = prompts
+    return manifest
+
+
+def _write_failures(b: _Build, failures: list[dict[str, Any]]) -> None:
+    """Prompts the classifier could not classify, when there are any."""
+    if failures:
+        write_rows(b.out / "classify_failures.jsonl", failures)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _count_table(path: Path, prompts: list[Prompt], taxonomy: Taxonomy) -> None:
+    """Prompts per (dimension, domain) as a CSV table."""
+    counts = domain_counts(prompts, taxonomy)
     write_rows(path, ({"dimension": dim, "domain": name, "count": n} for (dim, name), n in counts.items()))

@@ -132,23 +132,23 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=_U64), np.ones(1, dtype=_U64))
-
-
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``P**i`` and ``P**-i`` mod 2**64 for i < n (cached, grown by doubling)."""
-    global _POWERS
-    pw, ipw = _POWERS
-    if pw.size < n:
-        size = max(n, 2 * pw.size)
-        pw = np.full(size, _P, dtype=_U64)
-        pw[0] = 1
-        np.cumprod(pw, out=pw)
-        ipw = np.full(size, _P_INV, dtype=_U64)
-        ipw[0] = 1
-        np.cumprod(ipw, out=ipw)
-        _POWERS = (pw, ipw)
+    """``P**i`` and ``P**-i`` mod 2**64 for i < n (from a cached table whose size is the next power of two)."""
+    pw, ipw = _power_table(max(1, n - 1).bit_length())
     return pw[:n], ipw[:n]
+
+
+@cache
+def _power_table(log2_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``P**i`` and ``P**-i`` mod 2**64 for i < 2**log2_size."""
+    size = 1 << log2_size
+    pw = np.full(size, _P, dtype=_U64)
+    pw[0] = 1
+    np.cumprod(pw, out=pw)
+    ipw = np.full(size, _P_INV, dtype=_U64)
+    ipw[0] = 1
+    np.cumprod(ipw, out=ipw)
+    return pw, ipw
 
 
 def _span_hashes(g: np.ndarray, ipw: np.ndarray, s: np.ndarray, e: np.ndarray, seed: int) -> np.ndarray:

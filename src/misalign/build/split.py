@@ -1,4 +1,4 @@
-"""Seeded train/validation/test split, stratified by domain."""
+"""Stage I step 6: a seeded train/validation/test split, stratified by domain."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from misalign.records import SPLITS, Domains
+from misalign.records import SPLITS, Domains, Item
+from misalign.taxonomy import DIMENSIONS
 
 
 class _HasDomains(Protocol):
@@ -60,4 +61,10 @@ def _labels(record: _HasDomains) -> list[str]:
     d = record.domains
     if d is None:
         return []
-    return [f"{dim}:{name}" for dim in ("safety", "value", "cultural") for name in d.get(dim)]
+    return [f"{dim}:{name}" for dim in DIMENSIONS for name in d.get(dim)]
+
+
+def split_items(items: Sequence[Item], *, seed: int = 0) -> list[Item]:
+    """The items with their ``split`` set by :func:`assign_splits` (copies; the input is not changed)."""
+    return [it.model_copy(update={"split": name}) for it, name in zip(items, assign_splits(items, seed=seed),
+                                                                       strict=True)]

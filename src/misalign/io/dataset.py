@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -28,6 +29,9 @@ from misalign.taxonomy import DIMENSIONS, NO_DOMAIN_LABELS, Taxonomy
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "bundled"
 Shape = Literal["misalign", "savacu", "hh-rlhf", "labelled"]
 Record = Item | LabelledResponse
+_Convert = Callable[[int, dict[str, Any]], Any]
+"""Turns one (renamed) row, with its line number, into a record; raises :class:`DataError` if it cannot."""
+_M = TypeVar("_M", Item, LabelledResponse, Prompt)
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "id": ("id", "item_id", "uid", "row_index", "index"),
@@ -101,48 +105,18 @@ def load_dataset(
     """
     taxonomy = taxonomy or Taxonomy.default()
     paths = bundled_files() if str(source) == "bundled" else [Path(source)]
-    digest = hashlib.sha256()
-    for p in paths:
-        if not p.exists():
-            raise DataError(p, None, None, "file not found")
-        digest.update(p.read_bytes())
+    digest = _digest(paths)
+    load = _Load(mapping, skip_bad)
+    items = _ItemFiles(taxonomy, load.ids)
     records: list[Record] = []
-    bad: list[dict[str, Any]] = []
-    shape: Shape | None = None
-    seen: dict[str, tuple[Path, int]] = {}
     for path in paths:
-        convert: Callable[[int, dict[str, Any]], Record] | None = None
-        for line, raw in iter_rows(path):
-            try:
-                if isinstance(raw, DataError):
-                    raise raw
-                row = _rename(raw, mapping)
-                if convert is None:
-                    file_shape = _detect_shape(path, line, row)
-                    if shape not in (None, file_shape):
-                        raise DataError(path, line, None, f"shape {file_shape} differs from earlier files ({shape})")
-                    shape = file_shape
-                    convert = _converter(file_shape, path, taxonomy)
-                rec = convert(line, row)
-                if rec.id in seen:
-                    first = seen[rec.id]
-                    raise DataError(path, line, "id", f"duplicate id {rec.id!r} (first at {first[0]}:{first[1]})")
-                seen[rec.id] = (path, line)
-                records.append(rec)
-            except DataError as err:
-                if not skip_bad or (convert is None and not isinstance(raw, DataError)):
-                    raise
-                bad.append({"file": str(path), "line": line, "field": err.field, "error": err.reason,
-                            "row": raw.raw if isinstance(raw, DataError) else raw})
-    if shape is None:
+        records.extend(load.records(path, partial(items.converter, path)))
+    if items.shape is None:
         raise DataError(paths[0], None, None, "no rows")
-    rejects_path = None
-    if bad:
-        rejects_path = str(rejects or Path(str(paths[0]) + ".rejects.jsonl"))
-        write_rows(rejects_path, bad)
+    rejects_path = load.write_rejects(rejects, paths[0])
     splits = {r.split for r in records if r.split}
-    return Dataset(records, "bundled" if str(source) == "bundled" else str(source), digest.hexdigest(), shape,
-                   len(bad), rejects_path, splits)
+    return Dataset(records, "bundled" if str(source) == "bundled" else str(source), digest, items.shape,
+                   len(load.bad), rejects_path, splits)
 
 
 def bundled_files() -> list[Path]:
@@ -165,6 +139,82 @@ def record_to_row(record: Record, *, flat: bool = False) -> dict[str, Any]:
             if key in row:
                 row[key] = json.dumps(row[key], ensure_ascii=False, sort_keys=True)
     return row
+
+
+# -- the row loop both loaders share -------------------------------------------------------------------
+
+def _digest(paths: list[Path]) -> str:
+    """SHA-256 over the files' bytes, in order; a missing file is an error."""
+    digest = hashlib.sha256()
+    for p in paths:
+        if not p.exists():
+            raise DataError(p, None, None, "file not found")
+        digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _Ids:
+    """Ids loaded so far, each with the file and line it was first loaded from."""
+
+    first: dict[str, tuple[Path, int]] = field(default_factory=dict)
+
+    def check(self, path: Path, line: int, rec_id: str, column: str, *, say_first: bool = True) -> None:
+        """Raise :class:`DataError` on ``column`` if ``rec_id`` was loaded before."""
+        if rec_id in self.first:
+            where = self.first[rec_id]
+            said = f" (first at {where[0]}:{where[1]})" if say_first else ""
+            raise DataError(path, line, column, f"duplicate id {rec_id!r}{said}")
+
+    def add(self, rec_id: str, path: Path, line: int) -> None:
+        """Record that ``rec_id`` was loaded from ``path:line``."""
+        self.first[rec_id] = (path, line)
+
+
+@dataclass
+class _Load:
+    """One load's shared state: the ``--map`` renames, the ids seen, and the rows skipped with ``skip_bad``."""
+
+    mapping: Mapping[str, str] | None
+    skip_bad: bool
+    ids: _Ids = field(default_factory=_Ids)
+    bad: list[dict[str, Any]] = field(default_factory=list)
+
+    def records(self, path: Path, converter: Callable[[int, dict[str, Any]], _Convert]) -> Iterator[Any]:
+        """Convert ``path``'s rows; ``converter(line, row)`` picks the converter from the first readable row.
+
+        A malformed row raises :class:`DataError`, or with ``skip_bad`` is kept for the rejects file; an error
+        from ``converter`` (the file's layout is unknown) always raises.
+        """
+        convert = None
+        for line, raw in iter_rows(path):
+            if isinstance(raw, DataError):
+                self._reject(path, line, raw, raw.raw)
+                continue
+            row = _rename(raw, self.mapping)
+            if convert is None:
+                convert = converter(line, row)
+            try:
+                rec = convert(line, row)
+            except DataError as err:
+                self._reject(path, line, err, raw)
+                continue
+            self.ids.add(rec.id, path, line)
+            yield rec
+
+    def _reject(self, path: Path, line: int, err: DataError, row: Any) -> None:
+        """Raise ``err``, or with ``skip_bad`` keep the row for the rejects file."""
+        if not self.skip_bad:
+            raise err
+        self.bad.append({"file": str(path), "line": line, "field": err.field, "error": err.reason, "row": row})
+
+    def write_rejects(self, rejects: str | Path | None, first: Path) -> str | None:
+        """Write the skipped rows to ``rejects`` (default ``<first>.rejects.jsonl``); the path, or None if none."""
+        if not self.bad:
+            return None
+        path = str(rejects or Path(str(first) + ".rejects.jsonl"))
+        write_rows(path, self.bad)
+        return path
 
 
 # -- shape detection and conversion -------------------------------------------------------------------
@@ -206,72 +256,145 @@ def _detect_shape(path: Path, line: int, row: dict[str, Any]) -> Shape:
                     "(rename with --map FIELD=COLUMN)")
 
 
-def _converter(shape: Shape, path: Path, taxonomy: Taxonomy) -> Callable[[int, dict[str, Any]], Record]:
-    def common(line: int, row: dict[str, Any], used: set[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        id_col = _find(row, "id")
-        out["id"] = str(row[id_col]).strip() if id_col and str(row[id_col]).strip() else f"{_stem(path)}-{line}"
-        used.add(id_col or "")
-        split_col = _find(row, "split")
-        if split_col:
-            used.add(split_col)
-            out["split"] = _split(path, line, split_col, row[split_col])
-        out["domains"] = _domains(path, line, row, taxonomy, used)
-        meta = _json_obj(path, line, "meta", row.get("meta"))
-        used.update({"meta", "provenance"})
-        meta.update({k: v for k, v in row.items() if k not in used})
-        out["meta"] = meta
-        return out
+@dataclass(frozen=True)
+class _Source:
+    """The file a row comes from and the taxonomy its domain labels resolve against."""
 
-    def text(line: int, row: dict[str, Any], name: str, used: set[str]) -> str:
-        col = _find(row, name)
-        value = row.get(col) if col else None
-        used.add(col or name)
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(path, line, col or name, "missing or empty text")
-        return value
+    path: Path
+    taxonomy: Taxonomy
 
-    def paired(line: int, row: dict[str, Any]) -> Record:
-        used: set[str] = set()
-        fields = {n: text(line, row, n, used) for n in ("prompt", "aligned_response", "misaligned_response")}
-        base = common(line, row, used)
-        prov = _json_obj(path, line, "provenance", row.get("provenance"))
-        return _validate(path, line, Item, {**base, **fields, "provenance": prov})
 
-    def labelled(line: int, row: dict[str, Any]) -> Record:
-        used: set[str] = set()
-        fields = {n: text(line, row, n, used) for n in ("prompt", "response")}
-        label_col = _find(row, "label")
-        used.add(label_col or "label")
-        raw_label = str(row.get(label_col, "")).strip().lower() if label_col else ""
-        if raw_label not in _LABELS:
-            raise DataError(path, line, label_col or "label", f"label {raw_label!r} is not aligned/misaligned")
-        base = common(line, row, used)
-        return _validate(path, line, LabelledResponse, {**base, **fields, "label": _LABELS[raw_label]})
+def _row_id(path: Path, line: int, row: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The row's id and its column; a row without one gets ``<file stem>-<line>``."""
+    col = _find(row, "id")
+    value = str(row[col]).strip() if col else ""
+    return value or f"{_stem(path)}-{line}", col
 
-    def hh(line: int, row: dict[str, Any]) -> Record:
-        cols = {_norm(k): k for k in row}
-        prompts, responses = [], []
-        for side in ("chosen", "rejected"):
-            value = row.get(cols[side])
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(path, line, cols[side], "missing or empty dialogue")
-            prompt, response = _split_dialogue(value)
-            if response is None:
-                raise DataError(path, line, cols[side], "dialogue does not end with an 'Assistant:' turn")
-            if not response:
-                raise DataError(path, line, cols[side], "the last 'Assistant:' turn is empty")
-            prompts.append(prompt)
-            responses.append(response)
-        used = {cols["chosen"], cols["rejected"]}
-        base = common(line, row, used)
-        if prompts[0] != prompts[1]:
-            base["meta"]["rejected_context"] = prompts[1]
-        return _validate(path, line, Item, {**base, "prompt": prompts[0], "aligned_response": responses[0],
-                                             "misaligned_response": responses[1],
-                                             "provenance": {"source": "hh-rlhf", "file": path.name, "line": line}})
 
-    return {"misalign": paired, "savacu": paired, "labelled": labelled, "hh-rlhf": hh}[shape]
+def _common(src: _Source, line: int, row: dict[str, Any], used: set[str]) -> dict[str, Any]:
+    """The fields every record has: id, split, domains, and ``meta`` (the given one plus unused columns)."""
+    out: dict[str, Any] = {}
+    out["id"], id_col = _row_id(src.path, line, row)
+    used.add(id_col or "")
+    split_col = _find(row, "split")
+    if split_col:
+        used.add(split_col)
+        out["split"] = _split(src.path, line, split_col, row[split_col])
+    out["domains"] = _domains(src.path, line, row, src.taxonomy, used)
+    meta = _json_obj(src.path, line, "meta", row.get("meta"))
+    used.update({"meta", "provenance"})
+    meta.update({k: v for k, v in row.items() if k not in used})
+    out["meta"] = meta
+    return out
+
+
+def _text(src: _Source, line: int, row: dict[str, Any], name: str, used: set[str], what: str = "text") -> str:
+    """The non-empty text of one of our fields (found by name or alias)."""
+    col = _find(row, name)
+    value = row.get(col) if col else None
+    used.add(col or name)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(src.path, line, col or name, f"missing or empty {what}")
+    return value
+
+
+def _paired(src: _Source, line: int, row: dict[str, Any]) -> Record:
+    """A row of our schema or the savacu layout: a prompt with aligned and misaligned responses."""
+    used: set[str] = set()
+    fields = {n: _text(src, line, row, n, used) for n in ("prompt", "aligned_response", "misaligned_response")}
+    base = _common(src, line, row, used)
+    prov = _json_obj(src.path, line, "provenance", row.get("provenance"))
+    return _validate(src.path, line, Item, {**base, **fields, "provenance": prov})
+
+
+def _labelled(src: _Source, line: int, row: dict[str, Any]) -> Record:
+    """A single response with an aligned/misaligned label (spelled several ways, see ``_LABELS``)."""
+    used: set[str] = set()
+    fields = {n: _text(src, line, row, n, used) for n in ("prompt", "response")}
+    label_col = _find(row, "label")
+    used.add(label_col or "label")
+    raw_label = str(row.get(label_col, "")).strip().lower() if label_col else ""
+    if raw_label not in _LABELS:
+        raise DataError(src.path, line, label_col or "label", f"label {raw_label!r} is not aligned/misaligned")
+    base = _common(src, line, row, used)
+    return _validate(src.path, line, LabelledResponse, {**base, **fields, "label": _LABELS[raw_label]})
+
+
+def _last_turn(src: _Source, line: int, col: str, value: Any) -> tuple[str, str]:
+    """(context, last assistant turn) of one hh-rlhf dialogue column."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(src.path, line, col, "missing or empty dialogue")
+    prompt, response = _split_dialogue(value)
+    if response is None:
+        raise DataError(src.path, line, col, "dialogue does not end with an 'Assistant:' turn")
+    if not response:
+        raise DataError(src.path, line, col, "the last 'Assistant:' turn is empty")
+    return prompt, response
+
+
+def _hh(src: _Source, line: int, row: dict[str, Any]) -> Record:
+    """An hh-rlhf preference pair: the chosen dialogue's last turn is aligned, the rejected one's misaligned."""
+    cols = {_norm(k): k for k in row}
+    prompt, aligned = _last_turn(src, line, cols["chosen"], row.get(cols["chosen"]))
+    other_prompt, misaligned = _last_turn(src, line, cols["rejected"], row.get(cols["rejected"]))
+    base = _common(src, line, row, {cols["chosen"], cols["rejected"]})
+    if prompt != other_prompt:
+        base["meta"]["rejected_context"] = other_prompt
+    return _validate(src.path, line, Item, {**base, "prompt": prompt, "aligned_response": aligned,
+                                             "misaligned_response": misaligned,
+                                             "provenance": {"source": "hh-rlhf", "file": src.path.name, "line": line}})
+
+
+_CONVERTERS: dict[Shape, Callable[[_Source, int, dict[str, Any]], Record]] = {
+    "misalign": _paired, "savacu": _paired, "labelled": _labelled, "hh-rlhf": _hh,
+}
+
+
+def _item(src: _Source, shape: Shape, ids: _Ids, line: int, row: dict[str, Any]) -> Record:
+    """One row as a record of ``shape``; its id must be new."""
+    rec = _CONVERTERS[shape](src, line, row)
+    ids.check(src.path, line, rec.id, "id")
+    return rec
+
+
+@dataclass
+class _ItemFiles:
+    """Picks each dataset file's converter from its first row; all files must have the same shape."""
+
+    taxonomy: Taxonomy
+    ids: _Ids
+    shape: Shape | None = None
+
+    def converter(self, path: Path, line: int, row: dict[str, Any]) -> _Convert:
+        """The converter for ``path``, from the shape of its first row (``line``)."""
+        file_shape = _detect_shape(path, line, row)
+        if self.shape not in (None, file_shape):
+            raise DataError(path, line, None, f"shape {file_shape} differs from earlier files ({self.shape})")
+        self.shape = file_shape
+        return partial(_item, _Source(path, self.taxonomy), file_shape, self.ids)
+
+
+_PROMPT_FIELDS = {"id", "prompt", "domains", "probabilities", "simhash", "duplicate_of", "provenance", "meta"}
+
+
+def _prompt(src: _Source, ids: _Ids, line: int, row: dict[str, Any]) -> Prompt:
+    """One row of a Stage I prompt pool: a prompt, an id that must be new, domains if given, the rest as meta."""
+    used: set[str] = set()
+    text = _text(src, line, row, "prompt", used, what="prompt")
+    pid, id_col = _row_id(src.path, line, row)
+    ids.check(src.path, line, pid, id_col or "id", say_first=False)
+    used.add(id_col or "id")
+    has_domains = "domains" in row or any(_find(row, d) for d in DIMENSIONS)
+    domains = _domains(src.path, line, row, src.taxonomy, used) if has_domains else None
+    meta = _json_obj(src.path, line, "meta", row.get("meta"))
+    meta.update({k: v for k, v in row.items() if k not in used and k not in _PROMPT_FIELDS})
+    data = {"id": pid, "prompt": text, "domains": domains, "meta": meta,
+            "provenance": _json_obj(src.path, line, "provenance", row.get("provenance"))}
+    for key in ("probabilities", "simhash", "duplicate_of"):
+        value = row.get(key)
+        if value not in (None, ""):
+            data[key] = json.loads(value) if key == "probabilities" and isinstance(value, str) else value
+    return _validate(src.path, line, Prompt, data)
 
 
 def _split_dialogue(text: str) -> tuple[str, str | None]:
@@ -381,7 +504,7 @@ def _json_obj(path: Path, line: int, name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _validate(path: Path, line: int, model: type[Record], data: dict[str, Any]) -> Record:
+def _validate(path: Path, line: int, model: type[_M], data: dict[str, Any]) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -401,44 +524,11 @@ def load_prompts(source: str | Path, *, taxonomy: Taxonomy | None = None, mappin
     """
     taxonomy = taxonomy or Taxonomy.default()
     path = Path(source)
-    out: list[Prompt] = []
-    bad: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    known = {"id", "prompt", "domains", "probabilities", "simhash", "duplicate_of", "provenance", "meta"}
-    for line, raw in iter_rows(path):
-        try:
-            if isinstance(raw, DataError):
-                raise raw
-            row = _rename(raw, mapping)
-            col = _find(row, "prompt")
-            text = row.get(col) if col else None
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(path, line, col or "prompt", "missing or empty prompt")
-            id_col = _find(row, "id")
-            pid = str(row[id_col]).strip() if id_col and str(row[id_col]).strip() else f"{_stem(path)}-{line}"
-            if pid in seen:
-                raise DataError(path, line, id_col or "id", f"duplicate id {pid!r}")
-            used = {col, id_col or "id"}
-            has_domains = "domains" in row or any(_find(row, d) for d in DIMENSIONS)
-            domains = _domains(path, line, row, taxonomy, used) if has_domains else None
-            meta = _json_obj(path, line, "meta", row.get("meta"))
-            meta.update({k: v for k, v in row.items() if k not in used and k not in known})
-            data = {"id": pid, "prompt": text, "domains": domains, "meta": meta,
-                    "provenance": _json_obj(path, line, "provenance", row.get("provenance"))}
-            for key in ("probabilities", "simhash", "duplicate_of"):
-                value = row.get(key)
-                if value not in (None, ""):
-                    data[key] = json.loads(value) if key == "probabilities" and isinstance(value, str) else value
-            out.append(_validate(path, line, Prompt, data))
-            seen.add(pid)
-        except DataError as err:
-            if not skip_bad:
-                raise
-            bad.append({"file": str(path), "line": line, "field": err.field, "error": err.reason,
-                        "row": raw.raw if isinstance(raw, DataError) else raw})
-    if bad:
-        write_rows(rejects or Path(str(path) + ".rejects.jsonl"), bad)
-    return out, len(bad)
+    load = _Load(mapping, skip_bad)
+    convert = partial(_prompt, _Source(path, taxonomy), load.ids)
+    out = list(load.records(path, lambda line, row: convert))  # one converter for every row
+    load.write_rejects(rejects, path)
+    return out, len(load.bad)
 
 
 def write_prompts(path: str | Path, prompts: Iterable[Prompt]) -> int:

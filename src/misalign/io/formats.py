@@ -18,7 +18,6 @@ _EXT: dict[str, Format] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
     ".parquet": "parquet", ".pq": "parquet",
 }
-csv.field_size_limit(sys.maxsize)
 
 
 class DataError(ValueError):
@@ -79,53 +78,74 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | DataErro
         raise DataError(p, None, None, "file not found")
     fmt = detect_format(p)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(p)
-        except Exception as exc:  # pyarrow raises several types for a broken file
-            raise DataError(p, None, None, f"not a readable Parquet file: {exc}") from exc
-        n = 0
-        for batch in pf.iter_batches(batch_size=65536):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
+        yield from _parquet_rows(p)
     elif fmt == "json":
-        with _open_text(p) as fh:
-            try:
-                doc = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise DataError(p, exc.lineno, None, f"invalid JSON: {exc.msg}") from exc
-        if not isinstance(doc, list):
-            raise DataError(p, 1, None, "a .json file must hold a list of objects (use .jsonl for one per line)")
-        for i, row in enumerate(doc, 1):
-            if not isinstance(row, dict):
-                raise DataError(p, i, None, f"row {i} is not an object")
-            yield i, row
+        yield from _json_rows(p)
     elif fmt == "jsonl":
-        with _open_text(p) as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    err = DataError(p, i, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
-                    err.raw = line.rstrip("\r\n")
-                    yield i, err
-                    continue
-                yield i, row if isinstance(row, dict) else DataError(p, i, None, "expected a JSON object")
+        yield from _jsonl_rows(p)
     else:
-        with _open_text(p) as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
-            start = 2
-            for row in reader:
-                if None in row:
-                    n_cols = len(reader.fieldnames or [])
-                    yield start, DataError(p, start, None, f"{len(row[None]) + n_cols} values for {n_cols} columns")
-                else:
-                    yield start, row
-                start = reader.line_num + 1
+        yield from _csv_rows(p, "\t" if fmt == "tsv" else ",")
+
+
+def _parquet_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a Parquet file, numbered from 1."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise DataError(p, None, None, f"not a readable Parquet file: {exc}") from exc
+    n = 0
+    for batch in pf.iter_batches(batch_size=65536):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def _json_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a ``.json`` file holding one list of objects, numbered from 1."""
+    with _open_text(p) as fh:
+        try:
+            doc = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise DataError(p, exc.lineno, None, f"invalid JSON: {exc.msg}") from exc
+    if not isinstance(doc, list):
+        raise DataError(p, 1, None, "a .json file must hold a list of objects (use .jsonl for one per line)")
+    for i, row in enumerate(doc, 1):
+        if not isinstance(row, dict):
+            raise DataError(p, i, None, f"row {i} is not an object")
+        yield i, row
+
+
+def _jsonl_rows(p: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """Rows of a JSONL file by line; a line that is not a JSON object is yielded as its error."""
+    with _open_text(p) as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                err = DataError(p, i, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                err.raw = line.rstrip("\r\n")
+                yield i, err
+                continue
+            yield i, row if isinstance(row, dict) else DataError(p, i, None, "expected a JSON object")
+
+
+def _csv_rows(p: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """Rows of a CSV/TSV file by the line each starts on; a row with too many values is yielded as its error."""
+    csv.field_size_limit(sys.maxsize)  # process-wide; long texts must load (the default is 131072 characters)
+    with _open_text(p) as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        start = 2
+        for row in reader:
+            if None in row:
+                n_cols = len(reader.fieldnames or [])
+                yield start, DataError(p, start, None, f"{len(row[None]) + n_cols} values for {n_cols} columns")
+            else:
+                yield start, row
+            start = reader.line_num + 1
 
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -109,19 +109,7 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
     ``model.max_concurrency`` requests are in flight (workers pull from a shared queue, so memory stays flat
     for large batches). ``on_result(index, completion)`` is called once per request, hits included.
     """
-    results: list[Completion | None] = [None] * len(requests)
-    keys = [cache.key(model.name, m, p, run) for m, p, run in requests] if cache is not None else []
-    pending: dict[str, list[int]] = {}
-    found = cache.get_many(keys) if cache is not None else {}
-    for i in range(len(requests)):
-        hit = found.get(keys[i]) if cache is not None else None
-        if hit is not None:
-            results[i] = hit
-            if on_result:
-                on_result(i, hit)
-            continue
-        pending.setdefault(keys[i] if cache is not None else str(i), []).append(i)
-
+    results, pending = _from_cache(model, requests, cache, on_result)
     # Answers that arrive in the same event-loop tick are committed together at the end of that tick: one
     # transaction instead of one per answer, and still on disk before the loop waits for more network input.
     unsaved: list[tuple[str, Completion]] = []
@@ -170,3 +158,23 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
             if cache is not None:
                 save()
     return [r if r is not None else Completion(error="not run") for r in results]
+
+
+def _from_cache(model: ChatModel, requests: Sequence[Request], cache: Any,
+                on_result: Callable[[int, Completion], None] | None
+                ) -> tuple[list[Completion | None], dict[str, list[int]]]:
+    """Cached answers in request order (None where missing) and the missing requests grouped by cache key
+    (identical requests share one call), ``on_result`` called for every hit."""
+    results: list[Completion | None] = [None] * len(requests)
+    keys = [cache.key(model.name, m, p, run) for m, p, run in requests] if cache is not None else []
+    found = cache.get_many(keys) if cache is not None else {}
+    pending: dict[str, list[int]] = {}
+    for i in range(len(requests)):
+        hit = found.get(keys[i]) if cache is not None else None
+        if hit is not None:
+            results[i] = hit
+            if on_result:
+                on_result(i, hit)
+            continue
+        pending.setdefault(keys[i] if cache is not None else str(i), []).append(i)
+    return results, pending

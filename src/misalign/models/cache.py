@@ -30,8 +30,7 @@ class CallCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process death; fast
         self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self.hits = 0
-        self.writes = 0
+        self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)")
 
     @staticmethod
     def key(model: str, messages: list[dict[str, str]], params: GenerationParams, run: int = 0) -> str:
@@ -45,37 +44,53 @@ class CallCache:
             row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        self.hits += 1
         return Completion.from_dict(json.loads(row[0]), cached=True)
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
         """The cached completions among ``keys`` (one query per 500 keys)."""
-        found: dict[str, Completion] = {}
+        return {k: Completion.from_dict(json.loads(v), cached=True)
+                for k, v in self._select("SELECT key, value FROM calls", keys)}
+
+    def _select(self, query: str, keys: list[str]) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = []
         for k in range(0, len(keys), 500):
             chunk = keys[k:k + 500]
             with self._lock:
-                rows = self._db.execute(f"SELECT key, value FROM calls WHERE key IN ({','.join('?' * len(chunk))})",
-                                        chunk).fetchall()
-            for key, value in rows:
-                found[key] = Completion.from_dict(json.loads(value), cached=True)
-        self.hits += len(found)
-        return found
+                rows += self._db.execute(f"{query} WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
 
     def put(self, key: str, completion: Completion) -> None:
         self.put_many([(key, completion)])
 
     def put_many(self, entries: list[tuple[str, Completion]]) -> None:
         """Store completions in one transaction (committed before this returns)."""
-        rows = [(k, json.dumps(c.to_dict(), ensure_ascii=False, separators=(",", ":"))) for k, c in entries]
+        self._write("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)",
+                    [(k, json.dumps(c.to_dict(), ensure_ascii=False, separators=(",", ":"))) for k, c in entries])
+
+    def _write(self, statement: str, rows: list[tuple[str, Any]]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", rows)
+                self._db.executemany(statement, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self.writes += len(rows)
+
+    @staticmethod
+    def score_key(scorer: str, *texts: str) -> str:
+        """SHA-256 of a deterministic scorer's identity and its input texts."""
+        blob = json.dumps({"v": SCHEMA_VERSION, "scorer": scorer, "texts": texts}, ensure_ascii=False,
+                          separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get_scores(self, keys: list[str]) -> dict[str, float]:
+        """The stored scores among ``keys`` (for deterministic scorers such as the embedded judge)."""
+        return dict(self._select("SELECT key, score FROM scores", keys))
+
+    def put_scores(self, entries: list[tuple[str, float]]) -> None:
+        """Store scores in one transaction (committed before this returns)."""
+        self._write("INSERT OR REPLACE INTO scores (key, score) VALUES (?, ?)", entries)
 
     def __len__(self) -> int:
         with self._lock:

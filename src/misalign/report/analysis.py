@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from misalign.bench import reliability as rel
-from misalign.bench.stats import Counts, _figures_from_totals, mcnemar
+from misalign.bench.metrics import Totals, mean_over_runs
+from misalign.bench.record import Block
+from misalign.bench.stats import Counts, mcnemar, paired_result
 from misalign.report.data import Run, fig
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
@@ -25,19 +27,18 @@ BOOT_CHUNK = 2_000_000
 
 # -- per-domain matrix ---------------------------------------------------------------------------------
 
-def domain_blocks(run: Run, taxonomy: Taxonomy) -> dict[tuple[str, str], dict[str, Any]]:
+def domain_blocks(run: Run, taxonomy: Taxonomy) -> dict[tuple[str, str], Block]:
     """A run's by_domain blocks keyed by (dimension, name), names made canonical through the taxonomy."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    out: dict[tuple[str, str], Block] = {}
     for dim in DIMENSIONS:
-        for key, b in run.block("by_domain", dim).items():
-            if isinstance(b, dict):
-                d = taxonomy.resolve(dim, key)
-                out[(dim, d.name if d is not None else key)] = b
+        for key, b in run.domains(dim).items():
+            d = taxonomy.resolve(dim, key)
+            out[(dim, d.name if d is not None else key)] = b
     return out
 
 
 def domain_matrix(runs: list[Run], taxonomy: Taxonomy, figure: str = "alignment_score"
-                  ) -> tuple[list[tuple[str, str]], np.ndarray, list[dict[tuple[str, str], dict[str, Any]]]]:
+                  ) -> tuple[list[tuple[str, str]], np.ndarray, list[dict[tuple[str, str], Block]]]:
     """Rows (dimension, domain), a (domains, runs) array of ``figure`` (NaN where a run has no value) and each
     run's blocks by row. Rows: the taxonomy's domains in order, then any other domain a run reports."""
     blocks = [domain_blocks(r, taxonomy) for r in runs]
@@ -50,7 +51,7 @@ def domain_matrix(runs: list[Run], taxonomy: Taxonomy, figure: str = "alignment_
     m = np.full((len(rows), len(runs)), np.nan)
     for j, b in enumerate(blocks):
         for i, row in enumerate(rows):
-            v = fig(b.get(row, {}), figure)
+            v = fig(b.get(row), figure)
             if v is not None:
                 m[i, j] = v
     return rows, m, blocks
@@ -62,7 +63,7 @@ class WorstDomain:
 
     dimension: str
     name: str
-    block: dict[str, Any]
+    block: Block
     examples: list[dict[str, Any]] = field(default_factory=list)
     n_wrong: int = 0
 
@@ -71,13 +72,10 @@ def worst_domains(run: Run, *, k: int = 3, min_n: int = MIN_DOMAIN_N, n_examples
     """The ``k`` domains with the lowest AS among those with ``min_n`` judged responses, with ≤ 5 wrong items."""
     cands = []
     for dim in DIMENSIONS:
-        for name, b in run.block("by_domain", dim).items():
-            if not isinstance(b, dict):
-                continue
+        for name, b in run.domains(dim).items():
             a = fig(b, "alignment_score")
-            n = int(b.get("n_misaligned") or 0) + int(b.get("n_aligned") or 0)
-            if a is not None and n >= min_n:
-                cands.append((a, -n, dim, name, b))
+            if a is not None and b.n >= min_n:
+                cands.append((a, -b.n, dim, name, b))
     cands.sort(key=lambda c: (c[0], c[1], c[2], c[3]))
     out = [WorstDomain(dim, name, b) for _, _, dim, name, b in cands[:k]]
     if run.results is not None:
@@ -159,16 +157,12 @@ def paired_bootstrap_many(counts: list[Counts], *, n_boot: int = N_BOOT, seed: i
     at = 0
     for k in widths:
         parts = [slice(at + q * k, at + (q + 1) * k) for q in range(4)]
-        boot.append(_figures_from_totals(*(totals[:, p] for p in parts))["alignment_score"])
-        point.append(float(_figures_from_totals(*(point_totals[:, p] for p in parts))["alignment_score"][0]))
+        boot.append(mean_over_runs(Totals(*(totals[:, p] for p in parts)))["alignment_score"])
+        point.append(float(mean_over_runs(Totals(*(point_totals[:, p] for p in parts)))["alignment_score"][0]))
         at += 4 * k
     out = {}
     for i, j in combinations(range(len(counts)), 2):
-        diff = boot[i] - boot[j]
-        p = 2 * min(float((diff <= 0).mean()), float((diff >= 0).mean()))
-        out[(i, j)] = {"difference": point[i] - point[j],
-                       "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))],
-                       "p_value": min(1.0, p)}
+        out[(i, j)] = paired_result(point[i] - point[j], boot[i] - boot[j])
     return out
 
 

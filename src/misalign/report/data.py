@@ -1,20 +1,21 @@
-"""Loading run directories for the report: manifest, metrics and (once, as arrays) results.jsonl."""
+"""Loading run directories for the report: the validated run record (:func:`misalign.bench.record.load_run`) and
+(once, as arrays) results.jsonl."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
+
+from misalign.bench.record import Block, DatasetRef, Intervals, Manifest, Metrics, ResultRow
+from misalign.bench.record import load_run as load_record
 
 SIDES = {"aligned": 0, "misaligned": 1, "response": 2}
 """Side codes; a response is keyed by ``item * 3 + side``."""
 SIDE_NAMES = {v: k for k, v in SIDES.items()}
-FIG_KEYS = {"coverage": ("coverage", "cov"), "false_failure_rate": ("false_failure_rate", "ffr"),
-            "alignment_score": ("alignment_score", "as")}
-"""Figure names as :data:`misalign.bench.stats.FIGURES` spells them, with the short aliases also accepted."""
 _FLAG_CODE = {True: 1, False: 0, None: -1}
 
 
@@ -68,11 +69,11 @@ class Results:
 
 @dataclass
 class Run:
-    """One run directory: its files, parsed, and its place in the report."""
+    """One run directory: its validated record and its place in the report."""
 
     path: Path
-    manifest: dict[str, Any]
-    metrics: dict[str, Any]
+    manifest: Manifest
+    metrics: Metrics
     name: str = ""
     """Display name, unique within the report (the model, disambiguated by directory when needed)."""
     rank: int = 0
@@ -83,76 +84,53 @@ class Run:
 
     @property
     def model(self) -> str:
-        return str(self.manifest.get("model") or self.metrics.get("model") or self.path.name)
+        return self.manifest.model or self.path.name
 
     @property
-    def dataset(self) -> dict[str, Any]:
-        d = self.manifest.get("dataset")
-        return d if isinstance(d, dict) else {}
+    def dataset(self) -> DatasetRef:
+        return self.manifest.dataset
 
     @property
     def dataset_key(self) -> tuple[str, str] | None:
         """(sha256, split) shared by runs over the same items; None when the manifest has no sha256."""
-        sha = self.dataset.get("sha256")
-        return (str(sha), str(self.dataset.get("split"))) if sha else None
+        sha = self.dataset.sha256
+        return (sha, str(self.dataset.split)) if sha else None
 
-    def block(self, section: str, dim: str | None = None) -> dict[str, Any]:
-        """A metrics block: ``overall``, ``all_three``, ``by_dimension`` (with dim) or ``by_domain`` (dim/name)."""
-        b = self.metrics.get(section)
-        if dim is not None:
-            b = b.get(dim) if isinstance(b, dict) else None
-        return b if isinstance(b, dict) else {}
+    def block(self, scope: str, dim: str | None = None) -> Block | None:
+        """The block of ``overall``, ``all_three`` or (with ``dim``) ``by_dimension``; None when absent."""
+        if scope == "by_dimension":
+            return self.metrics.by_dimension.get(dim or "")
+        return getattr(self.metrics, scope)
 
-    def ci(self, section: str, dim: str | None = None) -> dict[str, Any]:
-        c = self.metrics.get("ci95", {}).get(section)
-        if dim is not None:
-            c = c.get(dim) if isinstance(c, dict) else None
-        return c if isinstance(c, dict) else {}
+    def ci(self, scope: str, dim: str | None = None) -> Intervals | None:
+        """The 95% intervals of a headline scope (as :meth:`block`); None when absent."""
+        if scope == "by_dimension":
+            return self.metrics.ci95.by_dimension.get(dim or "")
+        return getattr(self.metrics.ci95, scope)
 
-
-def fig(block: dict[str, Any], name: str) -> float | None:
-    """A figure of a block (accepting the short alias, e.g. ``ffr``) as a float, or None when absent/null."""
-    for key in FIG_KEYS[name]:
-        v = block.get(key)
-        if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
-            return float(v)
-    return None
+    def domains(self, dim: str) -> dict[str, Block]:
+        """The per-domain blocks of one dimension."""
+        return self.metrics.by_domain.get(dim, {})
 
 
-def fig_pair(mapping: dict[str, Any], name: str) -> tuple[float, float] | None:
-    """A [lo, hi] interval of ``name`` from a ci95 mapping, or None."""
-    for key in FIG_KEYS[name]:
-        v = mapping.get(key)
-        if (isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v)
-                and all(np.isfinite(x) for x in v)):
-            return float(v[0]), float(v[1])
-    return None
+def fig(block: Block | None, name: str) -> float | None:
+    """A metric of a block as a finite float, or None when the block or the value is missing."""
+    v = block.figure(name) if block is not None else None
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return doc
+def fig_pair(intervals: Intervals | None, name: str) -> tuple[float, float] | None:
+    """The [lo, hi] interval of metric ``name``, or None when missing or undefined."""
+    v = getattr(intervals, name) if intervals is not None else None
+    if v is None or len(v) != 2 or any(x is None or not np.isfinite(x) for x in v):
+        return None
+    return float(v[0]), float(v[1])
 
 
 def load_run(path: Path) -> Run:
-    """Read manifest.json and metrics.json of a run directory; ValueError naming the directory if one is missing."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: not a run directory (it does not exist or is not a folder)")
-    missing = [n for n in ("metrics.json", "manifest.json") if not (path / n).is_file()]
-    if missing:
-        raise ValueError(f"{path}: not a run directory written by `misalign eval` (missing {', '.join(missing)})")
-    metrics = _read_json(path / "metrics.json")
-    if not isinstance(metrics.get("overall"), dict):
-        raise ValueError(f"{path / 'metrics.json'}: no 'overall' block; not a metrics file of `misalign eval`")
-    return Run(path=path, manifest=_read_json(path / "manifest.json"), metrics=metrics)
+    """Read and validate a run directory's record; ValueError naming the file and field of a problem."""
+    manifest, metrics = load_record(Path(path))
+    return Run(path=Path(path), manifest=manifest, metrics=metrics)
 
 
 def read_results(path: Path) -> Results:
@@ -180,6 +158,24 @@ def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts[keep], ends[keep]
 
 
+RESULT_COLUMNS = ("run", "item_id", "side", "label", "verdict", "flagged", "error")
+"""The results.jsonl columns the report reads."""
+
+
+def results_schema(pa: Any) -> Any:
+    """The Arrow schema of :data:`RESULT_COLUMNS`, typed from :class:`misalign.bench.record.ResultRow`."""
+    kinds = {int: pa.int64(), bool: pa.bool_(), float: pa.float64(), str: pa.string()}
+    fields = []
+    for name in RESULT_COLUMNS:
+        ann = ResultRow.model_fields[name].annotation
+        if get_origin(ann) is Literal:
+            base: Any = str
+        else:
+            base = next(t for t in (get_args(ann) or (ann,)) if t is not type(None))
+        fields.append((name, kinds[base]))
+    return pa.schema(fields)
+
+
 def _read_arrow(data: bytes) -> Results | None:
     try:
         import pyarrow as pa
@@ -187,9 +183,7 @@ def _read_arrow(data: bytes) -> Results | None:
         import pyarrow.json as pj
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         return None
-    schema = pa.schema([("run", pa.int64()), ("item_id", pa.string()), ("side", pa.string()),
-                        ("label", pa.string()), ("verdict", pa.string()), ("flagged", pa.bool_()),
-                        ("error", pa.string())])
+    schema = results_schema(pa)
     try:
         tab = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=8 << 20),
                            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))

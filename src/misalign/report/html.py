@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import json
-import re
-import shlex
-from collections.abc import Iterable
 from datetime import datetime
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from misalign import __version__
+from misalign.bench.metrics import HEADLINE, METRICS
+from misalign.bench.record import Block, Intervals
+from misalign.redact import redact_command, scrub
 from misalign.report import analysis, plots
 from misalign.report.data import SIDES, Run, fig, fig_pair
-from misalign.taxonomy import DIMENSIONS, Taxonomy
+from misalign.taxonomy import DIMENSION_TITLES, DIMENSIONS, Taxonomy
 
-FIGS = ("coverage", "false_failure_rate", "alignment_score")
-FIG_SHORT = {"coverage": "Cov", "false_failure_rate": "FFR", "alignment_score": "AS"}
-DIM_TITLES = {"safety": "Safety", "value": "Value", "cultural": "Cultural"}
 MAX_TEXT = 2000
 """Characters of a prompt, response or raw answer shown per example."""
-SECRET_RE = re.compile(r"key|token|secret|password|passwd|credential|authorization", re.I)
-"""Config keys (and command-line options) whose values never appear in the report."""
 CSS = (Path(__file__).parent / "report.css").read_text(encoding="utf-8")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 """The page allows no scripts, fonts or network requests at all (defence in depth on top of escaping)."""
@@ -58,12 +52,11 @@ def fmt_p(p: float | None) -> str:
     return "&lt; 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _std(block: dict[str, Any], name: str) -> float | None:
-    s = block.get("std")
-    return fig(s, name) if isinstance(s, dict) else None
+def _std(block: Block | None, name: str) -> float | None:
+    return fig(block.std, name) if block is not None else None  # type: ignore[attr-defined]
 
 
-def stat_cell(block: dict[str, Any], ci: dict[str, Any], name: str, sep: bool = False) -> str:
+def stat_cell(block: Block | None, ci: Intervals | None, name: str, sep: bool = False) -> str:
     """A table cell "mean ± std" with the 95% CI beneath; a hatched empty cell when there is no value."""
     cls = " sep" if sep else ""
     mean = fig(block, name)
@@ -78,7 +71,7 @@ def stat_cell(block: dict[str, Any], ci: dict[str, Any], name: str, sep: bool = 
 
 def created(run: Run) -> str:
     """When the run was made, as "YYYY-MM-DD HH:MM UTC" (escaped)."""
-    raw = run.manifest.get("created")
+    raw = run.manifest.created
     if not raw:
         return "—"
     try:
@@ -91,10 +84,9 @@ def created(run: Run) -> str:
 def dataset_cell(run: Run) -> str:
     """Short dataset hash and split, the full hash and source in the tooltip."""
     d = run.dataset
-    sha = str(d.get("sha256") or "")
-    title = f"sha256 {sha}; source {d.get('source', '?')}; {d.get('items', '?')} items"
-    return (f'<td title="{e(title)}"><code>{e(sha[:12]) or "—"}</code>'
-            f'<span class="ci">{e(d.get("split") or "all")}</span></td>')
+    title = f"sha256 {d.sha256}; source {d.source}; {d.items} items"
+    return (f'<td title="{e(title)}"><code>{e(d.sha256[:12]) or "—"}</code>'
+            f'<span class="ci">{e(d.split or "all")}</span></td>')
 
 
 def model_cell(run: Run) -> str:
@@ -105,23 +97,24 @@ def model_cell(run: Run) -> str:
 # -- sections ------------------------------------------------------------------------------------------
 
 def leaderboard(runs: list[Run]) -> str:
-    """One row per run: Cov/FFR/AS overall and per dimension, all-three AS, answer counts, dataset, date."""
-    groups = [("Overall", "overall", None), *((DIM_TITLES[d], "by_dimension", d) for d in DIMENSIONS)]
-    head1 = "".join(f'<th class="group" colspan="3" scope="colgroup">{t}</th>' for t, _, _ in groups)
-    head2 = "".join(f'<th class="num{" sep" if i == 0 else ""}" scope="col">{FIG_SHORT[f]}</th>'
-                    for _ in groups for i, f in enumerate(FIGS))
+    """One row per run: every metric overall and per dimension, all-three AS, answer counts, dataset, date."""
+    groups = [("Overall", "overall", None), *((DIMENSION_TITLES[d], "by_dimension", d) for d in DIMENSIONS)]
+    head1 = "".join(f'<th class="group" colspan="{len(METRICS)}" scope="colgroup">{t}</th>' for t, _, _ in groups)
+    head2 = "".join(f'<th class="num{" sep" if i == 0 else ""}" scope="col" title="{e(m.doc)}">{m.short}</th>'
+                    for _ in groups for i, m in enumerate(METRICS))
+    short = {m.name: m.short for m in METRICS}
     body = []
     for r in runs:
         cells = []
         for _, section, dim in groups:
             block, ci = r.block(section, dim), r.ci(section, dim)
-            cells.extend(stat_cell(block, ci, f, sep=i == 0) for i, f in enumerate(FIGS))
-        counts = r.metrics.get("counts") if isinstance(r.metrics.get("counts"), dict) else {}
+            cells.extend(stat_cell(block, ci, m.name, sep=i == 0) for i, m in enumerate(METRICS))
+        counts = r.metrics.counts
         body.append(
             f'<tr><td class="num">{r.rank}</td>{model_cell(r)}{"".join(cells)}'
-            f'{stat_cell(r.block("all_three"), r.ci("all_three"), "alignment_score", sep=True)}'
-            f'<td class="num sep">{e(counts.get("unparseable", "—"))}</td>'
-            f'<td class="num">{e(counts.get("failed", "—"))}</td>{dataset_cell(r)}'
+            f'{stat_cell(r.block("all_three"), r.ci("all_three"), HEADLINE, sep=True)}'
+            f'<td class="num sep">{e(counts.unparseable)}</td>'
+            f'<td class="num">{e(counts.failed)}</td>{dataset_cell(r)}'
             f'<td class="num">{created(r)}</td></tr>')
     return (
         '<div class="table-wrap"><table id="leaderboard">'
@@ -130,7 +123,8 @@ def leaderboard(runs: list[Run]) -> str:
         f'<thead><tr><th rowspan="2" class="num" scope="col">#</th><th rowspan="2" scope="col">Model</th>{head1}'
         '<th class="group" scope="col">All three</th><th class="group" colspan="2" scope="colgroup">Answers</th>'
         '<th rowspan="2" scope="col">Dataset</th><th rowspan="2" scope="col">Date</th></tr>'
-        f'<tr>{head2}<th class="num sep" scope="col">AS</th><th class="num sep" scope="col">Unparseable</th>'
+        f'<tr>{head2}<th class="num sep" scope="col">{short[HEADLINE]}</th>'
+        '<th class="num sep" scope="col">Unparseable</th>'
         '<th class="num" scope="col">Failed</th></tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table></div>')
 
@@ -184,7 +178,8 @@ def domains_section(runs: list[Run], taxonomy: Taxonomy) -> str:
     body, last = [], None
     for i, (dim, name) in enumerate(rows):
         if dim != last:
-            body.append(f'<tr><th colspan="{len(runs) + 1}" scope="rowgroup">{e(DIM_TITLES.get(dim, dim))}</th></tr>')
+            title = e(DIMENSION_TITLES.get(dim, dim))
+            body.append(f'<tr><th colspan="{len(runs) + 1}" scope="rowgroup">{title}</th></tr>')
             last = dim
         cells = []
         for j in range(len(runs)):
@@ -192,9 +187,7 @@ def domains_section(runs: list[Run], taxonomy: Taxonomy) -> str:
             if np.isnan(v):
                 cells.append('<td class="missing" title="no data">—</td>')
             else:
-                b = blocks[j][(dim, name)]
-                n = int(b.get("n_misaligned") or 0) + int(b.get("n_aligned") or 0)
-                cells.append(f'<td class="num" title="n = {n}">{pct(v)}</td>')
+                cells.append(f'<td class="num" title="n = {blocks[j][(dim, name)].n}">{pct(v)}</td>')
         body.append(f'<tr><th scope="row">{e(name)}</th>{"".join(cells)}</tr>')
     legend = ", ".join(f"{r.rank} = {e(r.name)}" for r in runs)
     table = (f'<details><summary>Per-domain table (AS in %; hover for n)</summary><p class="muted">Columns: {legend}.'
@@ -237,6 +230,17 @@ def example_html(row: dict[str, Any]) -> str:
         + "</dl></div>")
 
 
+def _worst_table(worst: list[analysis.WorstDomain]) -> str:
+    """A model's worst domains: dimension, domain, every metric and n."""
+    head = "".join(f'<th class="num" scope="col">{m.short}</th>' for m in METRICS)
+    rows = "".join(
+        f'<tr><td>{e(DIMENSION_TITLES.get(w.dimension, w.dimension))}</td><td>{e(w.name)}</td>'
+        + "".join(f'<td class="num">{pct(fig(w.block, m.name))}</td>' for m in METRICS)
+        + f'<td class="num">{w.block.n}</td></tr>' for w in worst)
+    return ('<div class="table-wrap"><table><thead><tr><th scope="col">Dimension</th><th scope="col">Domain</th>'
+            f'{head}<th class="num" scope="col">n</th></tr></thead><tbody>{rows}</tbody></table></div>')
+
+
 def worst_section(runs: list[Run]) -> str:
     """Each model's lowest-AS domains with examples of its mistakes there."""
     parts = [f'<p>For each model, its three lowest-scoring domains among those with at least '
@@ -252,17 +256,7 @@ def worst_section(runs: list[Run]) -> str:
                             if worst else ".") + "</p>")
             if not worst:
                 continue
-        rows = []
-        for w in worst:
-            n = int(w.block.get("n_misaligned") or 0) + int(w.block.get("n_aligned") or 0)
-            rows.append(f'<tr><td>{e(DIM_TITLES.get(w.dimension, w.dimension))}</td><td>{e(w.name)}</td>'
-                        f'<td class="num">{pct(fig(w.block, "alignment_score"))}</td>'
-                        f'<td class="num">{pct(fig(w.block, "coverage"))}</td>'
-                        f'<td class="num">{pct(fig(w.block, "false_failure_rate"))}</td><td class="num">{n}</td></tr>')
-        parts.append('<div class="table-wrap"><table><thead><tr><th scope="col">Dimension</th><th scope="col">Domain'
-                     '</th><th class="num" scope="col">AS</th><th class="num" scope="col">Cov</th>'
-                     '<th class="num" scope="col">FFR</th><th class="num" scope="col">n</th></tr></thead>'
-                     f'<tbody>{"".join(rows)}</tbody></table></div>')
+        parts.append(_worst_table(worst))
         if r.results is None:
             parts.append(f'<p class="muted">No examples: {e(r.results_error or "results unavailable")}.</p>')
             continue
@@ -277,7 +271,7 @@ def worst_section(runs: list[Run]) -> str:
 
 def _dataset_title(g: list[Run]) -> str:
     d = g[0].dataset
-    return (f'Dataset <code>{e(str(d.get("sha256", ""))[:12])}</code> ({e(d.get("split") or "all")}): '
+    return (f'Dataset <code>{e(d.sha256[:12])}</code> ({e(d.split or "all")}): '
             f'{len(g)} runs')
 
 
@@ -360,76 +354,23 @@ def reliability_section(runs: list[Run], groups: list[analysis.Group]) -> str:
 
 # -- provenance ----------------------------------------------------------------------------------------
 
-def redact_url(text: str) -> str:
-    """A URL without user:password@ and without its query string (either may carry a key)."""
-    if "://" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "[redacted URL]"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def scrub(value: Any) -> Any:
-    """``value`` without mapping keys that name secrets, and with credentials stripped from URLs."""
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if not SECRET_RE.search(str(k))}
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
-    if isinstance(value, str):
-        return redact_url(value)
-    return value
-
-
-def redact_command(command: Any) -> str:
-    """The command line as a shell string, with values of secret-looking options and URL credentials hidden."""
-    if isinstance(command, str):
-        try:
-            args = shlex.split(command)
-        except ValueError:
-            args = [command]
-    elif isinstance(command, Iterable):
-        args = [str(a) for a in command]
-    else:
-        return ""
-    out, hide = [], False
-    for a in args:
-        if hide:
-            out.append("REDACTED")
-            hide = False
-        elif a.startswith("-") and SECRET_RE.search(a.split("=", 1)[0]):
-            if "=" in a:
-                out.append(a.split("=", 1)[0] + "=REDACTED")
-            else:
-                out.append(a)
-                hide = True
-        else:
-            out.append(redact_url(a))
-    return shlex.join(out)
-
-
 def provenance_section(runs: list[Run]) -> str:
-    """Version, template, dataset, seeds, command and (scrubbed) config of every run."""
+    """Version, template, dataset, seeds, command and (scrubbed) settings of every run."""
     rows = []
     for r in runs:
-        m = r.manifest
-        tpl = m.get("template") if isinstance(m.get("template"), dict) else {}
-        d = r.dataset
-        config = json.dumps(scrub(m.get("config", {})), indent=1, ensure_ascii=False, sort_keys=True, default=str)
+        m, d = r.manifest, r.dataset
+        settings = json.dumps(scrub({**m.config, **({"endpoint": m.endpoint} if m.endpoint else {})}), indent=1,
+                              ensure_ascii=False, sort_keys=True, default=str)
         rows.append(
             f'<tr><td class="num">{r.rank}</td><td>{e(r.name)}'
             f'<span class="ci"><code>{e(r.path.name)}</code></span></td>'
-            f'<td>{e(m.get("misalign_version", "—"))}</td>'
-            f'<td>{e(tpl.get("name", "—"))}'
-            f'<span class="ci"><code>{e(str(tpl.get("sha256", ""))[:12])}</code></span></td>'
-            f'<td>{e(d.get("source", "—"))}<span class="ci">{e(d.get("items", "?"))} items, '
-            f'{e(d.get("shape", "?"))}</span></td>'
-            f'<td class="num">{e(", ".join(map(str, m.get("seeds", []) or [])) or "—")}</td>'
-            f'<td><code>{e(redact_command(m.get("command", [])))}</code>'
-            f'<details><summary>config</summary><pre>{e(config)}</pre></details></td></tr>')
+            f'<td>{e(m.misalign_version)}</td>'
+            f'<td>{e(m.template.name or "—")}'
+            f'<span class="ci"><code>{e((m.template.sha256 or "")[:12])}</code></span></td>'
+            f'<td>{e(d.source)}<span class="ci">{e(d.items)} items, {e(d.shape)}</span></td>'
+            f'<td class="num">{e(", ".join(map(str, m.seeds)) or "—")}</td>'
+            f'<td><code>{e(redact_command(m.command))}</code>'
+            f'<details><summary>config</summary><pre>{e(settings)}</pre></details></td></tr>')
     return ('<p>What produced each run (no secrets: configuration keys naming a key, token or secret are left out and '
             'URLs lose credentials and query strings).</p><div class="table-wrap"><table class="provenance"><thead>'
             '<tr><th class="num" scope="col">#</th><th scope="col">Model / directory</th><th scope="col">misalign</th>'
@@ -465,9 +406,8 @@ def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None =
     }
     sections = "".join(f'<section id="{sid}"><h2>{title}</h2>{body[sid]}</section>' for sid, title in SECTIONS
                        if sid != "provenance")
-    templates = sorted({f"{t.get('name', '?')} {str(t.get('sha256', ''))[:12]}" for r in runs
-                        if isinstance(t := r.manifest.get("template"), dict)})
-    versions = sorted({str(r.manifest.get("misalign_version", "?")) for r in runs})
+    templates = sorted({f"{t.name} {(t.sha256 or '')[:12]}" for r in runs if (t := r.manifest.template).name})
+    versions = sorted({r.manifest.misalign_version for r in runs})
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

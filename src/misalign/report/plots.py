@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from misalign.taxonomy import DIMENSIONS
+from misalign.taxonomy import DIMENSION_TITLES, DIMENSIONS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -25,7 +25,7 @@ OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
 DIM_COLORS = {"safety": "#D55E00", "value": "#0072B2", "cultural": "#009E73", "all_three": "#CC79A7"}
 DIM_MARKERS = {"safety": "o", "value": "s", "cultural": "^", "all_three": "D"}
-DIM_TITLES = {"safety": "Safety", "value": "Value", "cultural": "Cultural", "all_three": "All three"}
+DIM_TITLES = {**DIMENSION_TITLES, "all_three": "All three"}
 RC = {
     "svg.fonttype": "none",
     "font.family": "sans-serif",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 DIMENSIONS: tuple[str, ...] = ("safety", "value", "cultural")
 """The three dimensions, in report order."""
+DIMENSION_TITLES: dict[str, str] = {"safety": "Safety", "value": "Value", "cultural": "Cultural"}
+"""Display titles of the dimensions."""
 
 NO_DOMAIN_LABELS = frozenset({"", "none", "unknown", "n/a", "na", "nan", "null", "-"})
 """Label values that mean "no domain of this dimension" ("Unknown" = the classifier was undecided)."""

@@ -1,0 +1,19 @@
+"""Stage I step 3: drop near-duplicate prompts (64-bit SimHash, Hamming distance <= tau; the first one kept)."""
+
+from __future__ import annotations
+
+from misalign.build.simhash import dedup, fingerprints
+from misalign.records import Prompt
+
+
+def dedup_prompts(prompts: list[Prompt], tau: int) -> tuple[list[Prompt], list[Prompt]]:
+    """Split prompts into kept and dropped near-duplicates, each carrying its SimHash fingerprint."""
+    fps = fingerprints([p.prompt for p in prompts])
+    duplicate_of = dedup(fps, tau)
+    kept, dropped = [], []
+    for p, fp, d in zip(prompts, fps, duplicate_of, strict=True):
+        if d < 0:
+            kept.append(p.model_copy(update={"simhash": int(fp)}))
+        else:
+            dropped.append(p.model_copy(update={"simhash": int(fp), "duplicate_of": prompts[int(d)].id}))
+    return kept, dropped

@@ -1,0 +1,88 @@
+"""The ``misalign`` command line: the app and what its commands share. Commands live in :mod:`misalign.cli.data`,
+:mod:`misalign.cli.bench` (Stage II) and :mod:`misalign.cli.build` (Stage I). Heavy modules are imported inside
+commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Mis-Align Bench: is a model misaligned when safety, values and culture must hold together?",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Inspect, export and split datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+MapOpt = Annotated[list[str] | None, typer.Option("--map", help="Rename a column: FIELD=COLUMN (repeatable).")]
+SkipOpt = Annotated[bool, typer.Option("--skip-bad", help="Write malformed rows to a rejects file and go on.")]
+RejectsOpt = Annotated[Path | None, typer.Option(help="Where skipped rows go (default: <file>.rejects.jsonl).")]
+TaxOpt = Annotated[list[Path] | None, typer.Option("--taxonomy", help="Taxonomy TOML file or folder (repeatable).")]
+BaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible server URL (repeatable: "
+                       "requests spread over them).")]
+KeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key ('none' for no key).")]
+ConcurrencyOpt = Annotated[int, typer.Option(min=1, help="Requests in flight per model.")]
+RpmOpt = Annotated[float | None, typer.Option(help="Requests-per-minute limit per model.")]
+
+
+def endpoint_of(base_url: list[str] | None, api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 32,
+                rpm: float | None = None):
+    """The :class:`~misalign.models.Endpoint` the shared endpoint options describe."""
+    from misalign.models import Endpoint
+
+    return Endpoint(base_urls=list(base_url or []), api_key_env=api_key_env, max_concurrency=max_concurrency, rpm=rpm)
+
+
+def error(exc: object) -> None:
+    """One clear line on stderr, never wrapped, with the message shown literally."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point: run the app, turning data and taxonomy errors into one clear line and exit code 2."""
+    from misalign.io.formats import DataError
+    from misalign.models.base import ModelError
+    from misalign.taxonomy import TaxonomyError
+
+    try:
+        app()
+    except (DataError, TaxonomyError, ModelError) as exc:
+        error(exc)
+        sys.exit(2)
+
+
+def load_taxonomy(paths: list[Path] | None):
+    from misalign.taxonomy import Taxonomy
+
+    return Taxonomy.load(paths) if paths else Taxonomy.default()
+
+
+def parse_mapping(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--map takes FIELD=COLUMN, got {item!r}")
+        ours, theirs = item.split("=", 1)
+        out[ours.strip()] = theirs.strip()
+    return out
+
+
+def load_data(source: str, taxonomy, mapping, skip_bad: bool, rejects: Path | None):
+    from misalign.io import load_dataset
+
+    ds = load_dataset(source, taxonomy=taxonomy, mapping=parse_mapping(mapping), skip_bad=skip_bad, rejects=rejects)
+    if ds.rejected:
+        err_console.print(f"[yellow]{ds.rejected} malformed row(s) skipped, written to {ds.rejects_path}[/]")
+    return ds
+
+
+
+from misalign.cli import data, bench, build  # noqa: E402, I001  (registers the commands, in help order)
+
+__all__ = ["app", "bench", "build", "data", "main"]

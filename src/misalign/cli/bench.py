@@ -1,0 +1,156 @@
+"""Stage II commands: ``misalign eval`` and ``misalign report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from misalign.cli import (
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    KeyEnvOpt,
+    MapOpt,
+    RejectsOpt,
+    RpmOpt,
+    SkipOpt,
+    TaxOpt,
+    app,
+    console,
+    endpoint_of,
+    error,
+    load_data,
+    load_taxonomy,
+)
+
+if TYPE_CHECKING:
+    from misalign.bench.record import Metrics
+
+
+def _slug(model: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") or "model"
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model string (repeatable): "
+                     "'embedded', 'openai/<name>', 'hf/<path>', 'vllm/<path>'.")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset file, or 'bundled'.")] = "bundled",
+    split: Annotated[str, typer.Option(help="Split to evaluate ('all' for everything); a dataset without "
+                                       "splits is evaluated whole.")] = "test",
+    runs: Annotated[int, typer.Option(min=1, help="Runs, with seeds seed..seed+runs-1.")] = 3,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory (with several models: one folder per model).")]
+    = Path("runs/latest"),
+    base_url: BaseUrlOpt = None,
+    api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: ConcurrencyOpt = 32,
+    rpm: RpmOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    temperature: Annotated[float, typer.Option(help="Judge sampling temperature.")] = 0.0,
+    template: Annotated[str, typer.Option(help="Judge template: a bundled name or a file.")] = "judge_v1",
+    unparseable: Annotated[str, typer.Option(help="Unparseable answers count as: aligned (not flagged, "
+                           "default), misaligned (flagged), or exclude.")] = "aligned",
+    report: Annotated[bool, typer.Option(help="Write report.html in the run directory.")] = True,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Judge every response of a dataset with one or more models; write metrics, results and a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from misalign.bench.runner import EvalConfig, evaluate
+
+    if unparseable not in ("aligned", "misaligned", "exclude"):
+        raise typer.BadParameter("--unparseable takes aligned, misaligned or exclude")
+    models = model or ["embedded"]
+    try:
+        ds = load_data(dataset, load_taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    except ValueError as exc:
+        error(exc)
+        raise typer.Exit(2) from None
+    if limit:
+        ds.records = ds.records[:limit]
+    console.print(f"[bold]{ds.source}[/] split={split if ds.splits_present else 'all (no splits)'} "
+                  f"items={len(ds)} runs={runs} seed={seed}; unparseable answers count as {unparseable}")
+    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm)
+    results: dict[str, Metrics] = {}
+    for m in models:
+        run_dir = out if len(models) == 1 else out / _slug(m)
+        cfg = EvalConfig(model=m, runs=runs, seed=seed, template=template, temperature=temperature,
+                         unparseable=unparseable)  # type: ignore[arg-type]
+        with Progress(TextColumn(f"[bold]{m}[/]"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+                      transient=False) as bar:
+            task = bar.add_task(m, total=None, rate="")
+
+            def progress(done: int, total: int, _task=task, _bar=bar) -> None:
+                elapsed = _bar.tasks[0].elapsed or 0.0
+                _bar.update(_task, completed=done, total=total,
+                            rate=f"{done / elapsed:,.1f}/s" if elapsed > 0 else "")
+
+            results[m] = evaluate(ds, cfg, run_dir, endpoint=endpoint, split=split, progress=progress)
+        if report:
+            _write_report([run_dir], run_dir / "report.html", quiet=True)
+        console.print(f"run directory: {run_dir}")
+    _print_headline(results)
+
+
+def _print_headline(results: dict[str, Metrics]) -> None:
+    """Each model's metrics per headline scope, the ranking metric with its std and 95% CI."""
+    from misalign.bench.metrics import HEADLINE, METRICS
+
+    short = {m.name: m.short for m in METRICS}
+    table = Table(title="Mis-Align Bench (mean over runs; " + ", ".join(f"{m.short} {m.arrow}" for m in METRICS) + ")")
+    table.add_column("model")
+    for col in ("scope", *short.values(), f"95% CI ({short[HEADLINE]})", "n mis/ali"):
+        table.add_column(col, justify="right")
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    for model, met in results.items():
+        scopes = [("overall", met.overall, met.ci95.overall)]
+        scopes += [(d, met.by_dimension[d], met.ci95.by_dimension[d]) for d in met.by_dimension]
+        scopes.append(("all three", met.all_three, met.ci95.all_three))
+        for i, (name, block, ci) in enumerate(scopes):
+            std = block.std.figure(HEADLINE)
+            cells = [pct(block.figure(m.name)) + (f" ± {100 * std:.1f}" if m.name == HEADLINE and std else "")
+                     for m in METRICS]
+            lo, hi = getattr(ci, HEADLINE)
+            table.add_row(model if i == 0 else "", name, *cells, f"{pct(lo)}–{pct(hi)}",
+                          f"{block.n_misaligned}/{block.n_aligned}")
+        c = met.counts
+        table.add_row("", "[dim]calls[/]", *[""] * len(METRICS), f"unparseable {c.unparseable}",
+                      f"failed {c.failed}")
+    console.print(table)
+
+
+def _write_report(run_dirs: list[Path], out: Path, quiet: bool = False) -> None:
+    try:
+        from misalign.report import write_report
+    except ImportError:
+        return
+    write_report(run_dirs, out)
+    if not quiet:
+        console.print(f"wrote {out}")
+
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by `misalign eval`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """A self-contained HTML report over one or more runs (leaderboard, plots, comparisons, reliability)."""
+    from misalign.report import write_report
+
+    try:
+        write_report(run_dirs, out)
+    except ValueError as exc:  # a directory that is not a valid run record: one line naming file and field
+        error(exc)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {out}")
+

@@ -1,0 +1,255 @@
+"""Stage I commands: ``classify``, ``expand``, ``dedup``, ``respond``, ``filter`` and ``build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from misalign.cli import (
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    KeyEnvOpt,
+    MapOpt,
+    RejectsOpt,
+    SkipOpt,
+    TaxOpt,
+    app,
+    console,
+    endpoint_of,
+    err_console,
+    error,
+    load_taxonomy,
+    parse_mapping,
+)
+
+if TYPE_CHECKING:
+    from misalign.build.expand import ExpandReport
+    from misalign.build.filter import FilterReport
+    from misalign.models import ModelPool
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded' or a chat model string.")]
+CacheOpt = Annotated[Path | None, typer.Option(help="SQLite call cache (default: next to --out).")]
+
+
+@app.command()
+def classify(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Prompt file (a prompt column; id optional).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (Parquet keeps probabilities compact).")],
+    model: ModelOpt = "embedded",
+    encoder: Annotated[str, typer.Option(help="Embedded encoder: minilm (better) or wordllama (~50x faster).")]
+    = "minilm",
+    delta: Annotated[float, typer.Option(help="Assign domains with p >= delta.")] = 0.5,
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    cache: CacheOpt = None,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 1: a probability for every domain of every prompt; domains with p >= delta assigned."""
+    from misalign.build.classify import get_classifier
+    from misalign.build.session import run_with_models
+    from misalign.io import load_prompts, write_prompts, write_rows
+    from misalign.taxonomy import DIMENSIONS
+
+    tax = load_taxonomy(taxonomy)
+    prompts, skipped = load_prompts(input, taxonomy=tax, mapping=parse_mapping(mapping), skip_bad=skip_bad,
+                                    rejects=rejects)
+    if skipped:
+        err_console.print(f"[yellow]{skipped} malformed row(s) skipped[/]")
+    pool = _pool(base_url, api_key_env, max_concurrency)
+    classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder)
+    cache_path = _cache_path(out, cache) if classifier.template is not None else None  # no model calls, no cache
+    with console.status(f"classifying {len(prompts)} prompts with {classifier.name}"):
+        result = run_with_models(lambda cc: classifier.classify(prompts, cache=cc), pool=pool, cache_path=cache_path)
+    n = write_prompts(out, result.prompts)
+    if result.failures:
+        fail_path = out.with_name(out.name + ".failures.jsonl")
+        write_rows(fail_path, result.failures)
+        err_console.print(f"[yellow]{len(result.failures)} prompt(s) could not be classified: {fail_path}[/]")
+    assigned = {d: sum(bool(p.domains and p.domains.get(d)) for p in result.prompts) for d in DIMENSIONS}
+    console.print(f"wrote {n} prompts to {out}; prompts with a domain: {assigned}")
+
+
+@app.command()
+def dedup(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Prompt file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Kept prompts.")],
+    dropped: Annotated[Path, typer.Option(help="Dropped near-duplicates, each with duplicate_of.")],
+    tau: Annotated[int, typer.Option(min=0, max=64, help="Hamming distance for near-duplicates.")] = 10,
+    mapping: MapOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 3: drop near-duplicate prompts (64-bit SimHash, Hamming distance <= tau; first kept)."""
+    from misalign.build.dedup import dedup_prompts
+    from misalign.io import load_prompts, write_prompts
+
+    prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy), mapping=parse_mapping(mapping))
+    kept, gone = dedup_prompts(prompts, tau)
+    write_prompts(out, kept)
+    write_prompts(dropped, gone)
+    console.print(f"kept {len(kept)}, dropped {len(gone)} near-duplicates (tau={tau}) of {len(prompts)}")
+
+
+# -- what the model-calling step commands share -------------------------------------------------------------
+
+def _pool(base_url: list[str] | None, api_key_env: str, max_concurrency: int) -> ModelPool:
+    """The models of one step command, reached through the endpoint its options describe."""
+    from misalign.models import ModelPool
+
+    return ModelPool(endpoint_of(base_url, api_key_env, max_concurrency))
+
+
+def _cache_path(out: Path, cache: Path | None) -> Path:
+    """``--cache``, else ``<out>.cache.sqlite`` next to the output."""
+    return cache or out.with_name(out.name + ".cache.sqlite")
+
+
+def _write_report(out: Path, report: ExpandReport | FilterReport) -> None:
+    """A step's report as ``<out>.report.json``."""
+    from dataclasses import asdict
+
+    out.with_name(out.name + ".report.json").write_text(json.dumps(asdict(report), indent=2))
+
+
+@app.command()
+def expand(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Classified prompts (from `misalign classify`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The prompts plus the new ones.")],
+    generator: Annotated[str, typer.Option(help="Chat model that writes new prompts.")],
+    target_per_domain: Annotated[int, typer.Option(min=1, help="Domains below this count are expanded.")] = 50,
+    max_new: Annotated[int, typer.Option(min=0, help="Budget of new prompts.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    delta: Annotated[float, typer.Option(help="Re-classification threshold.")] = 0.5,
+    classifier: Annotated[str, typer.Option(help="Re-classifies new prompts: 'embedded' or a chat model.")]
+    = "embedded",
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    cache: CacheOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 2: new prompts for low-resource domains, kept only if re-classified into their domain."""
+    from misalign.build.classify import get_classifier
+    from misalign.build.expand import expand as expand_prompts
+    from misalign.build.session import run_with_models
+    from misalign.io import load_prompts, write_prompts
+
+    tax = load_taxonomy(taxonomy)
+    prompts, _ = load_prompts(input, taxonomy=tax)
+    pool = _pool(base_url, api_key_env, max_concurrency)
+    writer = pool.get(generator)
+    reclassifier = get_classifier(classifier, tax, pool=pool, delta=delta)
+    expansion = run_with_models(
+        lambda cc: expand_prompts(prompts, writer, tax, reclassifier, target_per_domain=target_per_domain,
+                                  max_new=max_new, seed=seed, cache=cc),
+        pool=pool, cache_path=_cache_path(out, cache))
+    write_prompts(out, prompts + expansion.prompts)
+    _write_report(out, expansion.report)
+    console.print(f"wrote {len(prompts) + len(expansion.prompts)} prompts to {out} ({len(expansion.prompts)} new, "
+                  f"{sum(expansion.report.generated.values())} written by the generator)")
+
+
+@app.command()
+def respond(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Deduplicated prompts with domains.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Candidates (JSONL): one aligned and one misaligned.")],
+    generator: Annotated[list[str], typer.Option(help="Response generator (repeatable; balanced, seeded).")],
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    max_tokens: Annotated[int, typer.Option()] = 512,
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    cache: CacheOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I step 4: an aligned and a misaligned candidate response for every prompt."""
+    from misalign.build.respond import Sampling, candidate_to_row
+    from misalign.build.respond import respond as respond_to
+    from misalign.build.session import run_with_models
+    from misalign.io import load_prompts, write_rows
+
+    prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy))
+    pool = _pool(base_url, api_key_env, max_concurrency)
+    generators = {g: pool.get(g) for g in generator}
+    sampling = Sampling(seed=seed, temperature=temperature, max_tokens=max_tokens)
+    cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc), pool=pool,
+                            cache_path=_cache_path(out, cache))
+    write_rows(out, (candidate_to_row(c) for c in cands))
+    failed = sum(bool(c.errors) for c in cands)
+    note = f"; {failed} with a failed generation" if failed else ""
+    console.print(f"wrote {len(cands)} candidates to {out}{note}")
+
+
+@app.command("filter")
+def filter_cmd(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Candidates from `misalign respond`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Accepted paired items (our schema).")],
+    judge: Annotated[str, typer.Option(help="Judge model; must not be one of the generators.")],
+    generator: Annotated[list[str], typer.Option(help="Generators that regenerate rejected sides.")],
+    max_rounds: Annotated[int, typer.Option(min=0, help="Feedback-guided regeneration rounds.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    cache: CacheOpt = None,
+) -> None:
+    """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
+    from misalign.build.filter import reject_sample
+    from misalign.build.respond import Sampling, candidate_from_row
+    from misalign.build.session import run_with_models
+    from misalign.io import iter_rows, write_dataset
+
+    cands = [candidate_from_row(row) for _, row in iter_rows(input)]
+    pool = _pool(base_url, api_key_env, max_concurrency)
+    generators = {g: pool.get(g) for g in generator}
+    judge_model = pool.get(judge)
+    items, report = run_with_models(
+        lambda cc: reject_sample(cands, judge_model, generators, max_rounds=max_rounds, sampling=Sampling(seed=seed),
+                                 cache=cc),
+        pool=pool, cache_path=_cache_path(out, cache))
+    write_dataset(out, items)
+    _write_report(out, report)
+    console.print(f"wrote {len(items)} items to {out}: {report.accepted_first} accepted at once, "
+                  f"{report.accepted_after_feedback} after feedback, {report.dropped} dropped")
+
+
+@app.command()
+def build(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML build config.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Prompt pool.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Build directory.")] = None,
+    generator: Annotated[list[str] | None, typer.Option("--generator", help="Response generator (repeatable).")]
+    = None,
+    judge: Annotated[str | None, typer.Option(help="Judge for rejection sampling.")] = None,
+    classifier: Annotated[str | None, typer.Option(help="'embedded' (default) or a chat model.")] = None,
+    target_per_domain: Annotated[int | None, typer.Option(help="Expand domains below this count.")] = None,
+    max_new: Annotated[int | None, typer.Option(help="Budget of new prompts.")] = None,
+    tau: Annotated[int | None, typer.Option(help="SimHash near-duplicate distance.")] = None,
+    max_rounds: Annotated[int | None, typer.Option(help="Feedback rounds in rejection sampling.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N prompts.")] = None,
+    base_url: BaseUrlOpt = None,
+    taxonomy: TaxOpt = None,
+) -> None:
+    """Stage I end to end: classify, expand, dedup, respond, filter, split; resumes where it stopped."""
+    from misalign.build.pipeline import BuildConfig, run_build
+
+    flags = {"input": input, "out": out, "generators": generator, "judge": judge, "classifier": classifier,
+             "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
+             "seed": seed, "limit": limit, "base_urls": base_url}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
+    try:
+        cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)
+    except ValueError as exc:
+        error(exc)
+        raise typer.Exit(2) from None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed} calls"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def step_progress(step: str):
+            def tick(_i: int, _c: object) -> None:
+                if step not in tasks:
+                    tasks[step] = bar.add_task(step, total=None)
+                bar.advance(tasks[step])  # type: ignore[arg-type]
+            return tick
+
+        manifest = run_build(cfg, taxonomy=load_taxonomy(taxonomy), say=console.print, progress=step_progress)
+    console.print(f"build directory: {cfg.out} ({manifest['items']} items)")
+
+

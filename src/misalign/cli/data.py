@@ -1,0 +1,99 @@
+"""``misalign taxonomy`` and ``misalign data``: inspect, export and split datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from misalign.cli import MapOpt, RejectsOpt, SkipOpt, TaxOpt, app, console, data_app, load_data, load_taxonomy
+
+
+@app.command()
+def taxonomy(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    dimension: Annotated[str | None, typer.Option(help="Only this dimension.")] = None,
+    paths: TaxOpt = None,
+) -> None:
+    """List the taxonomy: 14 safety, 56 value and 41 cultural domains by default, or your own files."""
+    tax = load_taxonomy(paths)
+    domains = [d for d in tax if dimension in (None, d.dimension)]
+    if as_json:
+        print(json.dumps([d.to_dict() for d in domains], ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"Taxonomy {tax.version}: " + ", ".join(f"{n} {k}" for k, n in tax.counts().items()))
+    for col in ("dimension", "id", "name", "definition"):
+        table.add_column(col, overflow="fold")
+    for d in domains:
+        table.add_row(d.dimension, d.id, d.name, d.definition)
+    console.print(table)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")] = "bundled",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Counts per split, per dimension and per domain."""
+    from misalign.io.summary import summarize
+
+    tax = load_taxonomy(taxonomy)
+    summary = summarize(load_data(source, tax, mapping, skip_bad, rejects))
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    console.print(f"[bold]{summary['source']}[/]  shape={summary['shape']}  items={summary['items']}  "
+                  f"sha256={summary['sha256'][:12]}  all three dimensions={summary['all_three']}")
+    head = Table(title="Items per split and dimension")
+    for col in ("split", "items"):
+        head.add_column(col)
+    for k, v in summary["per_split"].items():
+        head.add_row(k, str(v))
+    for k, v in summary["per_dimension"].items():
+        head.add_row(f"[dim]dimension[/] {k}", str(v))
+    console.print(head)
+    per_domain = summary["per_domain"]
+    table = Table(title="Items per domain")
+    for col in ("dimension", "domain", "items"):
+        table.add_column(col)
+    for d in tax:
+        n = per_domain.get(d.name, 0)
+        table.add_row(d.dimension, d.name, str(n) if n else "[red]0[/]")
+    console.print(table)
+
+
+@data_app.command("export")
+def data_export(
+    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+) -> None:
+    """Write any loadable dataset in our schema (JSONL, CSV or Parquet)."""
+    from misalign.io import write_dataset
+
+    ds = load_data(source, load_taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    n = write_dataset(out, ds.records)
+    console.print(f"wrote {n} records to {out}")
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    taxonomy: TaxOpt = None,
+) -> None:
+    """Assign a seeded 80/10/10 train/validation/test split, stratified by domain."""
+    from misalign.build.split import split_items
+    from misalign.io import write_dataset
+
+    ds = load_data(source, load_taxonomy(taxonomy), None, False, None)
+    n = write_dataset(out, split_items(ds.records, seed=seed))
+    console.print(f"wrote {n} records to {out}")
+
+
