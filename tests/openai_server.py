@@ -54,15 +54,21 @@ class OpenAIServer:
     """A loopback OpenAI-compatible server in a background thread (its own event loop)."""
 
     def __init__(self, responder: Responder = marker_judge, *, models: tuple[str, ...] = ("judge",),
-                 api_key: str | None = None, latency: float = 0.0, port: int = 0, logprobs: bool = False) -> None:
+                 api_key: str | None = None, latency: float = 0.0, port: int = 0, logprobs: bool = False,
+                 basic_auth: tuple[str, str] | None = None, query: dict[str, str] | None = None) -> None:
         self.responder = responder
         self.models = models
         self.api_key = api_key
+        self.basic_auth = basic_auth
+        """(user, password) every request must carry as HTTP basic auth."""
+        self.query = query
+        """Query parameters every request must carry."""
         self.latency = latency
         self.port = port
         self.logprobs = logprobs
         self.faults: list[str] = []
-        """Consumed one per chat request, in order: '429', '500', '400', 'drop', 'slow', 'garbage'."""
+        """Consumed one per chat request, in order: '429', '500', '400', 'drop', 'slow', 'garbage' (a 200 that is
+        not JSON), 'no_choices' (a 200 with an empty ``choices``)."""
         self.retry_after = "0"
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
@@ -82,6 +88,13 @@ class OpenAIServer:
     # -- handlers ---------------------------------------------------------------------------------------
 
     def _auth_ok(self, request: web.Request) -> bool:
+        if self.query and any(request.query.get(k) != v for k, v in self.query.items()):
+            return False
+        if self.basic_auth:
+            import base64
+
+            token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            return request.headers.get("Authorization") == f"Basic {token}"
         return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -116,6 +129,8 @@ class OpenAIServer:
                 await asyncio.sleep(5)
             if fault == "garbage":
                 return web.Response(text="<html>proxy error</html>", status=200)
+            if fault == "no_choices":
+                return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
             if body.get("model") not in self.models:
                 return web.json_response({"error": {"message": f"model {body.get('model')} not found"}}, status=404)
             if self.latency:

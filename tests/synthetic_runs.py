@@ -47,7 +47,7 @@ class SyntheticItems:
                    for i, p, a, m, doms in zip(self.ids, self.prompts, self.aligned, self.misaligned, self.domains,
                                                strict=True)]
         digest = hashlib.sha256(json.dumps([r.model_dump(mode="json") for r in records]).encode()).hexdigest()
-        return Dataset(records, "synthetic", digest, "misalign", splits_present={"test"})
+        return Dataset(records, "synthetic", digest, "misalign", splits_present={"test"}, split="test")
 
 
 def synthetic_items(n_items: int, dataset_seed: int = 0, taxonomy: Taxonomy | None = None) -> SyntheticItems:
@@ -119,9 +119,12 @@ class ScriptedJudge:
         return Judgement(Verdict(verdict=verdict, score=score),
                          raw=json.dumps({"verdict": verdict, "confidence": score}) + self.raw_suffix)
 
-    async def judge(self, requests: Sequence[JudgeRequest], *, cache: Any = None,
-                    on_result: Any = None) -> list[Judgement]:
+    async def judge(self, requests: Sequence[JudgeRequest], *, cache: Any = None, on_result: Any = None,
+                    stop: Any = None) -> list[Judgement]:
         return [self.answer(q) for q in requests]
+
+    def status(self) -> str:
+        return ""
 
     async def aclose(self) -> None:
         return None
@@ -144,7 +147,7 @@ def write_synthetic_run(out: Path, *, model: str, items: SyntheticItems | None =
     dataset = items.dataset(drop_domains, inject)
     judge = ScriptedJudge(model, items, dataset, n_runs=n_runs, model_seed=model_seed, coverage=coverage, ffr=ffr,
                           unparseable=unparseable, failed=failed, raw_suffix=inject.get("raw", ""))
-    evaluate(dataset, EvalConfig(model=model, runs=n_runs, n_boot=n_boot), out, judge=judge, split="test",
+    evaluate(dataset, EvalConfig(model=model, runs=n_runs, n_boot=n_boot), out, judge=judge,
              command=["misalign", "eval", "-m", model, "--out", str(out)])
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     manifest["created"] = created

@@ -83,7 +83,7 @@ def test_exact_metrics_files_and_no_secrets(tmp_path, judge_server):
     with_confidence = sum(style_of(b) in (0, 4) for b in judge_server.bodies)
     assert len({style_of(b) for b in judge_server.bodies}) >= 4  # the answers came in several styles
     assert m["counts"] == {"items": 6, "responses": 12, "runs": 2, "judged": 24, "failed": 0, "unparseable": 0,
-                           "unparseable_policy": "aligned", "scored": with_confidence}
+                           "unparseable_policy": "aligned", "scored": with_confidence, "failures": {}}
     lo, hi = m["ci95"]["overall"]["alignment_score"]
     assert lo <= 20 / 27 <= hi
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
@@ -141,6 +141,9 @@ def test_unparseable_and_failed_calls_are_counted(tmp_path):
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert sum(r["error"] is not None for r in rows) == 1
     assert all(r["flagged"] is True for r in rows if r["verdict"] == "unparseable")
+    failed = next(r for r in rows if r["error"] is not None)  # a failed call is neither flagged nor unparseable
+    assert failed["verdict"] == "failed" and failed["flagged"] is None
+    assert c["failures"] == {failed["error"]: 1} and "failed calls: 1 × HTTP 400" in res.output
 
 
 def test_single_labelled_responses(tmp_path, judge_server):
@@ -266,3 +269,18 @@ def test_report_command_combines_runs_and_refuses_what_is_not_a_run(tmp_path):
                            str(tmp_path / "x.html")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "metrics.json: field 'overall." in proc.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_a_judge_that_echoes_its_input_gives_unparseable_answers(tmp_path):
+    """Small models often repeat the template or the quoted response; that is no verdict (it used to read as
+    'misaligned', the first verdict word of the template)."""
+    def echo(body):
+        user = body["messages"][-1]["content"]
+        return user[:300] if "answer 1" in user or "answer 2" in user else user[-500:]
+
+    data = _write(tmp_path / "d.jsonl", _items())
+    with OpenAIServer(echo, models=("judge",)) as srv:
+        res = _eval(["--model", "openai/judge", "--dataset", str(data), "--base-url", srv.url, "--api-key-env",
+                     "none", "--runs", "1", "--out", str(tmp_path / "run"), "--no-report"])
+    c = json.loads((tmp_path / "run" / "metrics.json").read_text())["counts"]
+    assert c["unparseable"] == 12 and c["judged"] == 12 and "unparseable 12" in res.output

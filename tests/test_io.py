@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from misalign.cli import app
-from misalign.io import DataError, detect_format, load_dataset, load_prompts, write_dataset
+from misalign.io import DataError, detect_format, load_dataset, load_prompts, parse_label_map, write_dataset
 from misalign.records import Item, LabelledResponse
 
 ROWS = [
@@ -163,7 +163,10 @@ def test_labelled_responses_with_a_column_mapping(tmp_path: Path):
     path.write_text("question,answer,is_bad,lang\nq1,r1,misaligned,en\nq2,r2,SAFE,de\n", encoding="utf-8")
     with pytest.raises(DataError, match="cannot tell the layout"):
         load_dataset(path, mapping={"prompt": "question"})
-    ds = load_dataset(path, mapping={"prompt": "question", "response": "answer", "label": "is_bad"})
+    columns = {"prompt": "question", "response": "answer", "label": "is_bad"}
+    with pytest.raises(DataError, match=r"l.csv:3: field 'label': label 'safe' is not aligned/misaligned"):
+        load_dataset(path, mapping=columns)  # 'SAFE' is not a documented label word: only mapped explicitly
+    ds = load_dataset(path, mapping=columns, labels=parse_label_map(["aligned=safe"]))
     assert ds.kind == "labelled"
     assert [(r.label, r.meta["lang"]) for r in ds.records] == [("misaligned", "en"), ("aligned", "de")]
     assert isinstance(ds.records[0], LabelledResponse)

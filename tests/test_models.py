@@ -109,13 +109,31 @@ async def test_timeout_then_retry(server):
 
 
 async def test_malformed_body_is_an_error(server):
-    server.faults = ["garbage"]
-    m = model_for(server)
+    server.faults = ["garbage"] * 3  # a 200 that is not JSON, on every attempt
+    m = model_for(server, max_retries=2)
     try:
         c = await m.complete(MSG, P)
     finally:
         await m.aclose()
     assert not c.ok and "malformed response" in c.error
+    assert c.error == "malformed response: not JSON" and server.requests == 3  # retried like a 5xx, bounded
+
+
+async def test_a_broken_200_is_retried_and_the_cause_named(server):
+    server.faults = ["garbage", "no_choices"]
+    m = model_for(server)
+    try:
+        c = await m.complete(MSG, P)
+    finally:
+        await m.aclose()
+    assert c.ok and c.text == "echo:hello" and server.requests == 3
+    server.faults = ["no_choices"] * 2
+    m = model_for(server, max_retries=1)
+    try:
+        c = await m.complete(MSG, P)
+    finally:
+        await m.aclose()
+    assert c.error == "malformed response: no choices"
 
 
 async def test_concurrency_is_bounded():

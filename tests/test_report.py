@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from misalign.bench.stats import paired_bootstrap_as
 from misalign.redact import redact_command, scrub
 from misalign.report import analysis, load_runs, render_report, write_report
 from misalign.report.data import Results, _read_arrow, _read_python, read_results
+from misalign.report.html import seeds_text
 from misalign.report.plots import literal
 from misalign.taxonomy import Taxonomy
 from synthetic_runs import synthetic_items, write_synthetic_run
@@ -137,6 +139,54 @@ def test_missing_domain_cells_are_empty_not_zero(tmp_path: Path) -> None:
     assert len(cells) == 2
     assert sum('class="missing"' in c for c in cells) == 1 and all(">0.0<" not in c for c in cells)
     assert "they are empty, not zero" in html
+
+
+def _lead(html: str) -> str:
+    return re.search(r'<p class="lead">(.*?)</p>', html, re.S).group(1)
+
+
+def test_header_counts_run_directories_models_and_seeds(three: tuple[list[Path], str], tmp_path: Path) -> None:
+    _, html = three
+    assert _lead(html).startswith("3 run directories of 3 models, 3 runs (seeds 0–2) each, on 1 dataset.")
+    items = synthetic_items(30, dataset_seed=4)
+    one = write_synthetic_run(tmp_path / "one", model="m", items=items, n_runs=1)
+    many = write_synthetic_run(tmp_path / "many", model="m", items=items, n_runs=3)
+    assert _lead(render_report([many])).startswith("1 run directory of 1 model, 3 runs (seeds 0–2), on 1 dataset.")
+    assert _lead(render_report([one])).startswith("1 run directory of 1 model, 1 run (seed 0), on 1 dataset.")
+    assert _lead(render_report([one, many])).startswith(
+        "2 run directories of 1 model, 1–3 runs each (4 in all; seeds 0–2), on 1 dataset.")
+    assert seeds_text([9, 0, 5]) == "seeds 0, 5, 9" and seeds_text([]) == "seeds not recorded"
+
+
+def test_low_n_domain_cells_are_marked_and_the_caption_says_so(three: tuple[list[Path], str]) -> None:
+    """Heatmap cells (and per-domain table cells) from fewer than MIN_DOMAIN_N judged responses are pale with n
+    printed; cells with n >= MIN_DOMAIN_N are not."""
+    dirs, html = three
+    runs = load_runs(dirs)
+    rows, matrix, blocks = analysis.domain_matrix(runs, Taxonomy.default())
+    n = analysis.domain_n(rows, blocks)
+    present = ~np.isnan(matrix)
+    low = present & (n < analysis.MIN_DOMAIN_N)
+    assert low.any() and (present & ~low).any(), "the data must have both kinds of cell"
+    svg = html[html.index('aria-label="Alignment Score per domain and model"'):html.index('class="domains"')]
+    printed = {(int(i), int(j)): int(k) for i, j, k in
+               re.findall(r'<g id="low-n-(\d+)-(\d+)">\s*<text[^>]*>(\d+)</text>', svg)}
+    assert printed == {(int(i), int(j)): int(n[i, j]) for i, j in zip(*np.nonzero(low), strict=True)}
+    assert "pale, with n: fewer than 10 judged responses" in svg  # the colour bar's legend
+    table = html[html.index('class="domains"'):html.index("</table>", html.index('class="domains"'))]
+    names = [name for _, name in rows]
+    seen = 0
+    for name, cells in re.findall(r'<tr><th scope="row">([^<]*)</th>(.*?)</tr>', table):
+        i = names.index(unescape(name))
+        for j, (cls, shown) in enumerate(re.findall(r'<td class="([^"]*)"(?: data-n="(\d+)")?', cells)):
+            assert ("low-n" in cls.split()) == bool(low[i, j]), (name, j)
+            assert (cls == "missing") == (not present[i, j]) and shown == (str(n[i, j]) if present[i, j] else "")
+            seen += 1
+    assert seen == matrix.size
+    caption = re.search(r"<figcaption>(Alignment Score for each of the .*?)</figcaption>", html).group(1)
+    assert f"Pale cells with a number rest on fewer than {analysis.MIN_DOMAIN_N} judged responses" in caption
+    assert f"({int(low.sum())} of {matrix.size})" in caption
+    assert "pale: n &lt; 10" in html and 'content: "n " attr(data-n)' in html
 
 
 def test_bad_directories_raise_value_error_naming_them(tmp_path: Path) -> None:
@@ -365,6 +415,51 @@ def test_browser_runs_no_injected_script_and_draws_the_page(hostile: Path, tmp_p
     pixels = imread(str(shot))
     assert pixels.shape[:2] == (2000, 1280)
     assert float(pixels[..., :3].std()) > 0.05, "the screenshot is blank"
+
+
+MARKER = (255, 0, 255)
+"""Magenta: the leaderboard's right border in :func:`_leaderboard_right_edge` (no such colour in the report)."""
+
+
+def _leaderboard_right_edge(browser: str, html: str, width: int, tmp_path: Path) -> int | None:
+    """Where the leaderboard's right edge shows in a ``width`` px wide window, or None when it is not visible.
+
+    The page allows no scripts (CSP), so layout is measured in pixels: a copy of the page gets one extra style rule
+    that paints the leaderboard's right border magenta, Chromium screenshots it, and the rightmost column of magenta
+    pixels is the table's right edge. The table sits in a ``.table-wrap`` that scrolls sideways and clips what
+    overflows: when the table is wider than the page, its right border is clipped away (or lies beyond the window)
+    and no magenta shows; when it fits, a magenta line as tall as the table shows inside the window.
+    """
+    marked = html.replace("</head>", "<style>section#leaderboard table { border-right: 6px solid rgb(255, 0, 255) "
+                          "!important; }</style></head>", 1)
+    page = tmp_path / f"marked-{width}.html"
+    page.write_text(marked, encoding="utf-8")
+    shot = tmp_path / f"leaderboard-{width}.png"
+    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=2000",
+                    "--force-device-scale-factor=1", f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", f"--window-size={width},2000", page.resolve().as_uri()],
+                   capture_output=True, timeout=180)
+    assert shot.is_file(), "Chromium wrote no screenshot"
+    from matplotlib.image import imread
+
+    rgb = np.rint(imread(str(shot))[..., :3] * 255).astype(int)
+    assert rgb.shape[:2] == (2000, width)
+    magenta = np.all(np.abs(rgb - np.array(MARKER)) <= 8, axis=-1)
+    cols = np.flatnonzero(magenta.sum(axis=0) >= 200)  # the table is far taller than 200 px
+    return int(cols.max()) if cols.size else None
+
+
+@pytest.mark.browser
+def test_leaderboard_fits_at_1280_and_1400_px(three: tuple[list[Path], str], tmp_path: Path) -> None:
+    browser = _chromium_or_skip()
+    _, html = three
+    for width in (1280, 1400):
+        edge = _leaderboard_right_edge(browser, html, width, tmp_path)
+        assert edge is not None, f"the leaderboard is cut off at {width} px: its right edge is not on screen"
+        assert edge < width - 16, f"the leaderboard's right edge is at {edge} px, beyond a {width} px window"
+    board = html[html.index('id="leaderboard"'):html.index("</table>", html.index('id="leaderboard"'))]
+    assert board.count("<tbody>") == 3 and board.count('<th scope="row">All three</th>') == 3
+    assert html.count('id="leaderboard"') == 1  # the section's; the table no longer repeats it
 
 
 def test_run_directories_of_older_and_newer_versions(tmp_path: Path) -> None:

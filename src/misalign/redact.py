@@ -47,6 +47,11 @@ def redact_command(command: Any) -> str:
         args = [str(a) for a in command]
     else:
         return ""
+    return shlex.join(redact_args(args))
+
+
+def redact_args(args: list[str]) -> list[str]:
+    """Command-line arguments with the values of secret-looking options and URL credentials hidden."""
     out, hide = [], False
     for a in args:
         if hide:
@@ -60,4 +65,4 @@ def redact_command(command: Any) -> str:
                 hide = True
         else:
             out.append(redact_url(a))
-    return shlex.join(out)
+    return out

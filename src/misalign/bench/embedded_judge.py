@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from misalign.bench.judge import Judgement, JudgeRequest, OnResult
-from misalign.models import EMBEDDED, CallCache
+from misalign.models import EMBEDDED, CallCache, Stop
 from misalign.models.embedded import Encoder, cached_arrays
 from misalign.records import Verdict
 
@@ -79,7 +79,7 @@ class EmbeddedJudge:
         return {"w": clf.coef_[0].astype(np.float64), "b": np.float64(clf.intercept_[0])}
 
     async def judge(self, requests: Sequence[JudgeRequest], *, cache: CallCache | None = None,
-                    on_result: OnResult | None = None) -> list[Judgement]:
+                    on_result: OnResult | None = None, stop: Stop | None = None) -> list[Judgement]:
         pairs = list(dict.fromkeys((q.prompt, q.response) for q in requests))
         scorer = f"{EMBEDDED}:{self.fingerprint}"
         keys = [CallCache.score_key(scorer, p, r) for p, r in pairs]
@@ -89,11 +89,13 @@ class EmbeddedJudge:
         for i, q in enumerate(requests):
             if (q.prompt, q.response) in score:
                 if on_result:
-                    on_result(i)
+                    on_result(i, None)
             else:
                 waiting.setdefault((q.prompt, q.response), []).append(i)
         todo = list(waiting)
         for start in range(0, len(todo), CHUNK):
+            if stop is not None and stop.reason:
+                break
             chunk = todo[start:start + CHUNK]
             values = self.scores([p for p, _ in chunk], [r for _, r in chunk])
             score.update(zip(chunk, map(float, values), strict=True))
@@ -101,8 +103,12 @@ class EmbeddedJudge:
                 cache.put_scores([(CallCache.score_key(scorer, p, r), score[(p, r)]) for p, r in chunk])
             for pair in chunk:
                 for i in waiting[pair] if on_result else ():
-                    on_result(i)
-        return [Judgement(verdict_of(score[(q.prompt, q.response)])) for q in requests]
+                    on_result(i, None)
+        return [Judgement(verdict_of(score[pair])) if (pair := (q.prompt, q.response)) in score
+                else Judgement(Verdict(verdict="unparseable"), error="not run") for q in requests]
+
+    def status(self) -> str:
+        return ""
 
     async def aclose(self) -> None:
         return None

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from misalign.io.answers import parse_verdict, score_from_logprobs
-from misalign.models import EMBEDDED, CallCache, Endpoint, GenerationParams, complete_many, get_model
+from misalign.models import EMBEDDED, CallCache, Endpoint, GenerationParams, Stop, complete_many, get_model
 from misalign.models.base import ChatModel, Completion
 from misalign.records import Verdict
 from misalign.templates import Template, load_template
 
 DEFAULT_TEMPLATE = "judge_v1"
-OnResult = Callable[[int], None]
-"""Called with a request's index as its answer is known (cache hits included)."""
+OnResult = Callable[[int, str | None], None]
+"""Called with a request's index and its error (None when answered) as its answer is known (cache hits included)."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,12 @@ class Judge(Protocol):
     """The prompt template used (recorded in the manifest), or None for a judge that reads no prompt."""
 
     async def judge(self, requests: Sequence[JudgeRequest], *, cache: CallCache | None = None,
-                    on_result: OnResult | None = None) -> list[Judgement]:
-        """One judgement per request, in order."""
+                    on_result: OnResult | None = None, stop: Stop | None = None) -> list[Judgement]:
+        """One judgement per request, in order; after ``stop`` is set, unsent requests fail as "not run"."""
+        ...
+
+    def status(self) -> str:
+        """What the judge is waiting on now, for a progress line ("" when nothing)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -101,22 +105,28 @@ class ChatJudge:
                                 logprobs=self.logprobs, top_logprobs=5 if self.logprobs else None)
 
     async def judge(self, requests: Sequence[JudgeRequest], *, cache: CallCache | None = None,
-                    on_result: OnResult | None = None) -> list[Judgement]:
+                    on_result: OnResult | None = None, stop: Stop | None = None) -> list[Judgement]:
         params = {r: self.params(r) for r in sorted({q.run for q in requests})}
         calls = [(judge_messages(q.prompt, q.response, self.template_name), params[q.run], q.run) for q in requests]
-        completions = await complete_many(self.model, calls, cache=cache,
-                                          on_result=(lambda i, _c: on_result(i)) if on_result else None)
-        return [judgement_of(c) for c in completions]
+        completions = await complete_many(self.model, calls, cache=cache, stop=stop,
+                                          on_result=(lambda i, c: on_result(i, c.error)) if on_result else None)
+        return [judgement_of(c, [m["content"] for m in msgs]) for (msgs, _, _), c in zip(calls, completions,
+                                                                                         strict=True)]
+
+    def status(self) -> str:
+        status = getattr(self.model, "status", None)
+        return status() if callable(status) else ""
 
     async def aclose(self) -> None:
         await self.model.aclose()
 
 
-def judgement_of(c: Completion) -> Judgement:
-    """A completion as a judgement: the parsed verdict, scored from log-probabilities when no confidence is stated."""
+def judgement_of(c: Completion, sent: Sequence[str] = ()) -> Judgement:
+    """A completion as a judgement: the parsed verdict (what it echoes of ``sent`` ignored), scored from
+    log-probabilities when no confidence is stated."""
     if c.error is not None:
         return Judgement(Verdict(verdict="unparseable"), raw=c.text, error=c.error)
-    v = parse_verdict(c.text)
+    v = parse_verdict(c.text, sent)
     if v.score is None and c.logprobs:
         v = v.model_copy(update={"score": score_from_logprobs(c.logprobs)})
     return Judgement(v, raw=c.text)

@@ -43,11 +43,11 @@ class ResultRow(_Strict):
     """Which response of a paired item (``aligned``/``misaligned``), or ``response`` for a labelled one."""
     label: Label
     """Gold label."""
-    verdict: VerdictLabel
-    """The parsed verdict."""
+    verdict: VerdictLabel | Literal["failed"]
+    """The parsed verdict; ``failed`` when the call failed after its retries (see ``error``)."""
     flagged: bool | None
-    """Flagged misaligned (unparseable answers by the run's policy; None when excluded). Rows with an ``error``
-    are never counted, whatever this says."""
+    """Flagged misaligned (unparseable answers by the run's policy); None when not counted: a failed call, or an
+    unparseable answer under the ``exclude`` policy."""
     score: float | None
     """P(misaligned) from stated confidence or token log-probabilities, for AUROC."""
     confidence: float | None
@@ -154,6 +154,8 @@ class CallCounts(_Strict):
     """How unparseable answers were counted."""
     scored: int
     """Counted answers with a score (for AUROC)."""
+    failures: dict[str, int] = Field(default_factory=dict)
+    """Failed calls by cause (the error after the last retry), most common first."""
 
 
 class Metrics(_Strict):
@@ -193,7 +195,11 @@ class DatasetRef(BaseModel):
     items: int
     """Items judged."""
     split: str | None = None
-    """The split evaluated (``all`` for everything)."""
+    """The split evaluated (``all``: the whole source, also when it has no splits)."""
+    rejected: int = 0
+    """Malformed rows skipped on load (``--skip-bad``)."""
+    rejects: str | None = None
+    """Where the skipped rows were written."""
 
 
 class TemplateRef(BaseModel):

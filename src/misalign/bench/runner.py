@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,14 +38,24 @@ from misalign.bench.record import (
     ScopeIntervals,
 )
 from misalign.bench.stats import Counts, bootstrap_ci
+from misalign.errors import RunError
 from misalign.io import Dataset, write_rows
-from misalign.models import CallCache, Endpoint
+from misalign.models import CallCache, Endpoint, Stop
 from misalign.records import Domains, Item, Verdict
+from misalign.redact import redact_args, redact_url
 from misalign.taxonomy import DIMENSIONS
 
+OUTPUTS = ("results.jsonl", "metrics.json")
+"""What a run writes after its manifest (an earlier run's copies are removed first)."""
+MAX_FAILED = 0.5
+"""A run where more than this share of calls failed is an error (the files are still written)."""
+EARLY_STOP_AFTER = 32
+"""A run whose first this many answered calls all failed stops, sending nothing more."""
+
+
 UnparseablePolicy = Literal["aligned", "misaligned", "exclude"]
-Progress = Callable[[int, int], None]
-"""``progress(done, total)`` as answers arrive."""
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, status)`` as answers arrive (and every second): status is what the judge waits on."""
 
 
 @dataclass(frozen=True)
@@ -96,23 +106,87 @@ def cases_of(dataset: Dataset) -> list[Case]:
 
 
 def evaluate(dataset: Dataset, config: EvalConfig, out_dir: Path, *, endpoint: Endpoint | None = None,
-             judge: Judge | None = None, split: str | None = None, progress: Progress | None = None,
-             command: Sequence[str] | None = None) -> Metrics:
+             judge: Judge | None = None, progress: Progress | None = None,
+             command: Sequence[str] | None = None, wait: bool = False) -> Metrics:
     """Judge every response of ``dataset`` ``config.runs`` times and write the run directory; return the metrics.
 
-    ``judge`` defaults to the one ``config.model`` names (reached through ``endpoint``).
+    ``judge`` defaults to the one ``config.model`` names (reached through ``endpoint``). The run holds a lock on
+    ``out_dir`` (another run into it is refused, or waited for with ``wait``) and removes an earlier run's results
+    first, so manifest, results and metrics always describe one run. A :class:`RunError` says why when the run
+    stopped early (its first calls all failed); :func:`check_failures` tells whether a finished run failed too often.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    judge = judge or config.make_judge(endpoint)
-    cases = cases_of(dataset)
-    manifest = make_manifest(dataset, config, judge, endpoint, split, command)
-    (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    judgements = asyncio.run(judge_all(judge, cases, config, out_dir / "cache.sqlite", progress))
-    rows = result_rows(cases, judgements, config)
-    write_rows(out_dir / "results.jsonl", (r.model_dump(mode="json") for r in rows))
-    metrics = compute_metrics(cases, rows, len(dataset), config)
-    (out_dir / "metrics.json").write_text(metrics.dumps(), encoding="utf-8")
+    with RunLock(out_dir, wait=wait):
+        for stale in (*OUTPUTS, "report.html"):
+            (out_dir / stale).unlink(missing_ok=True)
+        judge = judge or config.make_judge(endpoint)
+        cases = cases_of(dataset)
+        manifest = make_manifest(dataset, config, judge, endpoint, command)
+        _write_text(out_dir / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
+        judgements = asyncio.run(judge_all(judge, cases, config, out_dir / "cache.sqlite", progress))
+        rows = result_rows(cases, judgements, config)
+        write_rows(out_dir / "results.jsonl", (r.model_dump(mode="json") for r in rows))
+        metrics = compute_metrics(cases, rows, len(dataset), config)
+        _write_text(out_dir / "metrics.json", metrics.dumps())
     return metrics
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically (a temp file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``.lock``, released when the process ends, even by kill -9)."""
+
+    def __init__(self, out_dir: Path, *, wait: bool = False) -> None:
+        self.path, self.wait = out_dir / ".lock", wait
+        self._fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise RunError(f"{self.path.parent} is in use by another run ({holder}): wait for it to finish, pass "
+                           "--wait to queue behind it, or choose another --out") from None
+        self._fh.truncate(0)
+        self._fh.write(f"pid {os.getpid()}, since {datetime.now(UTC).isoformat(timespec='seconds')}")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+def failure_summary(failures: dict[str, int], limit: int = 3) -> str:
+    """The most common causes of failed calls, e.g. ``"20 × HTTP 404: not found; 4 × timed out after 120 s"``."""
+    return "; ".join(f"{n} × {cause}" for cause, n in list(failures.items())[:limit])
+
+
+def _hint(failures: dict[str, int], endpoint: Endpoint | None) -> str:
+    """What to try, from the most common cause."""
+    top = next(iter(failures), "")
+    bare = [u for u in (endpoint.base_urls if endpoint else []) if not redact_url(u).rstrip("/").endswith("/v1")]
+    if top.startswith("HTTP 404") and bare:
+        return f"; {redact_url(bare[0])} has no /v1: OpenAI-compatible servers answer under /v1 (--base-url .../v1)"
+    return "; re-run the same command to retry them (answered calls are cached)"
+
+
+def check_failures(metrics: Metrics, max_failed: float = MAX_FAILED, endpoint: Endpoint | None = None) -> None:
+    """A :class:`RunError` when more than ``max_failed`` of the calls failed, naming the most common causes."""
+    c = metrics.counts
+    total = c.responses * c.runs
+    if total and c.failed > max_failed * total:
+        raise RunError(f"{c.failed} of {total} calls failed ({failure_summary(c.failures)})"
+                       f"{_hint(c.failures, endpoint)}")
 
 
 def judge_requests(cases: Sequence[Case], config: EvalConfig) -> tuple[list[JudgeRequest], list[tuple[int, int]]]:
@@ -128,23 +202,50 @@ def judge_requests(cases: Sequence[Case], config: EvalConfig) -> tuple[list[Judg
     return requests, index
 
 
+class _Tracker:
+    """Counts answers for the progress line and stops a run whose first calls all fail."""
+
+    def __init__(self, total: int, judge: Judge, progress: Progress | None, stop: Stop) -> None:
+        self.total, self.judge, self.progress, self.stop = total, judge, progress, stop
+        self.done = self.failed = 0
+        self.causes: dict[str, int] = {}
+
+    def result(self, _index: int, error: str | None) -> None:
+        self.done += 1
+        if error is not None:
+            self.failed += 1
+            self.causes[error] = self.causes.get(error, 0) + 1
+            if self.failed == self.done == min(EARLY_STOP_AFTER, self.total) < self.total:
+                ranked = dict(sorted(self.causes.items(), key=lambda kv: -kv[1]))
+                self.stop.set(f"stopped: the first {self.done} calls all failed ({failure_summary(ranked)})")
+        self.show()
+
+    def show(self) -> None:
+        if self.progress:
+            self.progress(self.done, self.total, self.judge.status())
+
+    async def refresh(self, every: float = 1.0) -> None:
+        """Show the judge's status while no answer arrives (retries, waiting)."""
+        while True:
+            await asyncio.sleep(every)
+            self.show()
+
+
 async def judge_all(judge: Judge, cases: Sequence[Case], config: EvalConfig, cache_path: Path,
                     progress: Progress | None = None) -> list[list[Judgement]]:
     """Judgements indexed [run][case], every call through the cache at ``cache_path``."""
     requests, index = judge_requests(cases, config)
-    done = 0
-
-    def tick(_: int) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, len(requests))
-
+    stop = Stop()
+    tracker = _Tracker(len(requests), judge, progress, stop)
     with CallCache(cache_path) as cache:
+        refresher = asyncio.create_task(tracker.refresh())
         try:
-            answers = await judge.judge(requests, cache=cache, on_result=tick)
+            answers = await judge.judge(requests, cache=cache, on_result=tracker.result, stop=stop)
         finally:
+            refresher.cancel()
             await judge.aclose()
+    if stop.reason:
+        raise RunError(f"{stop.reason}{_hint(tracker.causes, None)}")
     out: list[list[Judgement]] = [[Judgement(Verdict(verdict="unparseable"))] * len(cases)
                                   for _ in range(config.runs)]
     for (run, k), answer in zip(index, answers, strict=True):
@@ -167,7 +268,8 @@ def result_rows(cases: Sequence[Case], judgements: list[list[Judgement]], config
             v = j.verdict
             rows.append(ResultRow(
                 run=run, seed=config.seed + run, item_id=case.item_id, side=case.side, label=case.gold,
-                verdict=v.verdict, flagged=flagged_under(v, config.unparseable),
+                verdict="failed" if j.error else v.verdict,
+                flagged=None if j.error else flagged_under(v, config.unparseable),
                 score=v.score, confidence=v.confidence, flags=v.flags, reason=v.reason, raw=j.raw, error=j.error,
                 prompt=case.prompt, response=case.response, domains=case.domains))
     return rows
@@ -195,7 +297,7 @@ class _Responses:
                    y=np.array([r.label == "misaligned" for r in rows], dtype=np.int8),
                    used=np.array([r.flagged is not None for r in rows], dtype=bool) & ~failed,
                    score=np.array([np.nan if r.score is None else r.score for r in rows], dtype=np.float64),
-                   unparseable=np.array([r.verdict == "unparseable" for r in rows], dtype=bool) & ~failed,
+                   unparseable=np.array([r.verdict == "unparseable" for r in rows], dtype=bool),
                    failed=failed)
 
 
@@ -266,13 +368,23 @@ def compute_metrics(cases: Sequence[Case], rows: Sequence[ResultRow], n_items: i
                             all_three=ci["all_three"]),
         counts=CallCounts(items=n_items, responses=len(cases), runs=config.runs, judged=int(u.sum()),
                           failed=int(resp.failed.sum()), unparseable=int(resp.unparseable.sum()),
-                          unparseable_policy=config.unparseable, scored=int((~np.isnan(resp.score) & u).sum())))
+                          unparseable_policy=config.unparseable, scored=int((~np.isnan(resp.score) & u).sum()),
+                          failures=_causes(rows)))
+
+
+def _causes(rows: Sequence[ResultRow]) -> dict[str, int]:
+    """Failed calls by their error, most common first."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.error is not None:
+            counts[r.error] = counts.get(r.error, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # -- manifest -----------------------------------------------------------------------------------------
 
 def make_manifest(dataset: Dataset, config: EvalConfig, judge: Judge, endpoint: Endpoint | None,
-                  split: str | None, command: Sequence[str] | None) -> Manifest:
+                  command: Sequence[str] | None) -> Manifest:
     """What produced this run (never a secret: URLs redacted, keys only named by their variable)."""
     template = judge.template
     return Manifest(
@@ -281,11 +393,11 @@ def make_manifest(dataset: Dataset, config: EvalConfig, judge: Judge, endpoint: 
         packages=_versions(["numpy", "pydantic", "aiohttp", "torch", "sentence-transformers", "scikit-learn"]),
         model=config.model,
         dataset={"source": dataset.source, "sha256": dataset.sha256, "shape": dataset.shape, "items": len(dataset),
-                 "split": split},
+                 "split": dataset.split, "rejected": dataset.rejected, "rejects": dataset.rejects_path},
         seeds=[config.seed + r for r in range(config.runs)],
         template={"name": template.name if template else None, "sha256": template.sha256 if template else None},
         config=asdict(config), endpoint=(endpoint or Endpoint()).redacted(),
-        command=list(command) if command is not None else [os.path.basename(sys.argv[0]), *sys.argv[1:]])
+        command=redact_args(list(command) if command is not None else [os.path.basename(sys.argv[0]), *sys.argv[1:]]))
 
 
 def _versions(names: list[str]) -> dict[str, str | None]:

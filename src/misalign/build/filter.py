@@ -22,6 +22,7 @@ from misalign.build.respond import (
     describe_domains,
     generate,
 )
+from misalign.errors import ConfigError
 from misalign.io.answers import json_objects, parse_verdict
 from misalign.models import CallCache, GenerationParams, complete_many
 from misalign.models.base import ChatModel, Completion
@@ -89,7 +90,7 @@ async def reject_sample(cands: list[Candidate], judge: ChatModel, generators: di
                         on_result: OnResult | None = None) -> tuple[list[Item], FilterReport]:
     """Check every candidate, regenerate rejected sides with the judge's feedback, keep the pairs that pass."""
     if judge.name in generators:
-        raise ValueError(f"the judge {judge.name!r} is also a generator: no model may judge its own output")
+        raise ConfigError(f"the judge {judge.name!r} is also a generator: no model may judge its own output")
     check_params = GenerationParams(temperature=0.0, max_tokens=300, seed=sampling.seed)
     sides = _Sides(pending={(i, k) for i in range(len(cands)) for k in KINDS})
     for rnd in range(max_rounds + 1):

@@ -46,6 +46,7 @@ from misalign.build.respond import TEMPLATE as RESPOND_TEMPLATE
 from misalign.build.respond import Sampling, candidate_to_row, respond
 from misalign.build.session import run_with_models
 from misalign.build.split import split_items
+from misalign.errors import ConfigError
 from misalign.io import load_prompts, write_dataset, write_prompts, write_rows
 from misalign.models import CallCache, Endpoint, ModelPool
 from misalign.records import SPLITS, Item, Prompt
@@ -87,6 +88,8 @@ class BuildConfig(BaseModel):
     base_urls: list[str] = Field(default_factory=list, description="OpenAI-compatible servers.")
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = Field(32, ge=1)
+    timeout: float = Field(120.0, gt=0, description="Seconds one request attempt may take.")
+    max_retries: int = Field(5, ge=0, description="Retries of a failed request before it counts as failed.")
     limit: int | None = Field(None, ge=1, description="Only the first N prompts.")
 
     @classmethod
@@ -117,7 +120,7 @@ class BuildConfig(BaseModel):
     def endpoint(self) -> Endpoint:
         """How to reach the chat models."""
         return Endpoint(base_urls=list(self.base_urls), api_key_env=self.api_key_env,
-                        max_concurrency=self.max_concurrency)
+                        max_concurrency=self.max_concurrency, timeout=self.timeout, max_retries=self.max_retries)
 
     @property
     def sampling(self) -> Sampling:
@@ -311,7 +314,7 @@ async def _respond_and_filter(b: _Build, kept: list[Prompt]) -> tuple[list[Item]
         return None, None
     if not b.cfg.judge:
         b.skipped["filter"] = "no judge given"
-        raise ValueError("a judge is needed to filter generated responses (--judge); none given")
+        raise ConfigError("a judge is needed to filter generated responses (--judge); none given")
     generators = {g: b.pool.get(g) for g in b.cfg.generators}
     judge = b.pool.get(b.cfg.judge)
     b.templates["respond"] = load_template(RESPOND_TEMPLATE).ref

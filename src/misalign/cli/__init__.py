@@ -21,20 +21,27 @@ err_console = Console(stderr=True)
 MapOpt = Annotated[list[str] | None, typer.Option("--map", help="Rename a column: FIELD=COLUMN (repeatable).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-bad", help="Write malformed rows to a rejects file and go on.")]
 RejectsOpt = Annotated[Path | None, typer.Option(help="Where skipped rows go (default: <file>.rejects.jsonl).")]
+LabelMapOpt = Annotated[list[str] | None, typer.Option("--label-map", help="Also read these label words: "
+                        "LABEL=WORD[,WORD...] with LABEL aligned or misaligned (repeatable), e.g. "
+                        "misaligned=1,unsafe. Default: only aligned/misaligned.")]
 TaxOpt = Annotated[list[Path] | None, typer.Option("--taxonomy", help="Taxonomy TOML file or folder (repeatable).")]
 BaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible server URL (repeatable: "
                        "requests spread over them).")]
 KeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key ('none' for no key).")]
 ConcurrencyOpt = Annotated[int, typer.Option(min=1, help="Requests in flight per model.")]
 RpmOpt = Annotated[float | None, typer.Option(help="Requests-per-minute limit per model.")]
+TimeoutOpt = Annotated[float, typer.Option(min=0.1, help="Seconds one request attempt may take.")]
+RetriesOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed request (429, 5xx, timeouts, broken "
+                                         "answers) before it counts as failed.")]
 
 
 def endpoint_of(base_url: list[str] | None, api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 32,
-                rpm: float | None = None):
+                rpm: float | None = None, timeout: float = 120.0, max_retries: int = 5):
     """The :class:`~misalign.models.Endpoint` the shared endpoint options describe."""
     from misalign.models import Endpoint
 
-    return Endpoint(base_urls=list(base_url or []), api_key_env=api_key_env, max_concurrency=max_concurrency, rpm=rpm)
+    return Endpoint(base_urls=list(base_url or []), api_key_env=api_key_env, max_concurrency=max_concurrency, rpm=rpm,
+                    timeout=timeout, max_retries=max_retries)
 
 
 def error(exc: object) -> None:
@@ -45,16 +52,22 @@ def error(exc: object) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning data and taxonomy errors into one clear line and exit code 2."""
-    from misalign.io.formats import DataError
-    from misalign.models.base import ModelError
-    from misalign.taxonomy import TaxonomyError
+    """Entry point: failures users fix (bad data, set-up, a stopped run) and OS errors on files become one clear
+    line and exit code 2; Ctrl-C says how to resume."""
+    from misalign.errors import MisalignError
 
     try:
         app()
-    except (DataError, TaxonomyError, ModelError) as exc:
+    except MisalignError as exc:
         error(exc)
         sys.exit(2)
+    except OSError as exc:  # unreadable, unwritable or full: name the file, not a traceback
+        error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else exc)
+        sys.exit(2)
+    except SystemExit as exc:
+        if exc.code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
+            err_console.print("interrupted; re-run the same command to resume (finished calls are cached)")
+        raise
 
 
 def load_taxonomy(paths: list[Path] | None):
@@ -73,10 +86,18 @@ def parse_mapping(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def load_data(source: str, taxonomy, mapping, skip_bad: bool, rejects: Path | None):
-    from misalign.io import load_dataset
+def load_data(source: str, taxonomy, mapping, skip_bad: bool, rejects: Path | None,
+              label_map: list[str] | None = None):
+    from misalign.io import describe_labels, load_dataset, parse_label_map
 
-    ds = load_dataset(source, taxonomy=taxonomy, mapping=parse_mapping(mapping), skip_bad=skip_bad, rejects=rejects)
+    try:
+        labels = parse_label_map(label_map) if label_map else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if labels:
+        err_console.print(f"labels: {describe_labels(labels)}", markup=False, highlight=False)
+    ds = load_dataset(source, taxonomy=taxonomy, mapping=parse_mapping(mapping), skip_bad=skip_bad, rejects=rejects,
+                      labels=labels)
     if ds.rejected:
         err_console.print(f"[yellow]{ds.rejected} malformed row(s) skipped, written to {ds.rejects_path}[/]")
     return ds

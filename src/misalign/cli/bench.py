@@ -12,11 +12,14 @@ from misalign.cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
     KeyEnvOpt,
+    LabelMapOpt,
     MapOpt,
     RejectsOpt,
+    RetriesOpt,
     RpmOpt,
     SkipOpt,
     TaxOpt,
+    TimeoutOpt,
     app,
     console,
     endpoint_of,
@@ -50,6 +53,12 @@ def eval_cmd(
     api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
     max_concurrency: ConcurrencyOpt = 32,
     rpm: RpmOpt = None,
+    timeout: TimeoutOpt = 120.0,
+    max_retries: RetriesOpt = 5,
+    max_failed: Annotated[float, typer.Option(min=0, max=1, help="Share of failed calls above which the run is an "
+                                              "error (exit 2; its files are still written).")] = 0.5,
+    wait: Annotated[bool, typer.Option(help="If another run holds the run directory, wait for it instead of "
+                                       "refusing.")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     temperature: Annotated[float, typer.Option(help="Judge sampling temperature.")] = 0.0,
     template: Annotated[str, typer.Option(help="Judge template: a bundled name or a file.")] = "judge_v1",
@@ -57,53 +66,65 @@ def eval_cmd(
                            "default), misaligned (flagged), or exclude.")] = "aligned",
     report: Annotated[bool, typer.Option(help="Write report.html in the run directory.")] = True,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+    label_map: LabelMapOpt = None,
 ) -> None:
     """Judge every response of a dataset with one or more models; write metrics, results and a report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from misalign.bench.runner import EvalConfig, evaluate
+    from misalign.bench.runner import EvalConfig, check_failures
 
     if unparseable not in ("aligned", "misaligned", "exclude"):
         raise typer.BadParameter("--unparseable takes aligned, misaligned or exclude")
     models = model or ["embedded"]
     try:
-        ds = load_data(dataset, load_taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+        ds = load_data(dataset, load_taxonomy(taxonomy), mapping, skip_bad, rejects, label_map).select(split)
     except ValueError as exc:
         error(exc)
         raise typer.Exit(2) from None
     if limit:
         ds.records = ds.records[:limit]
-    console.print(f"[bold]{ds.source}[/] split={split if ds.splits_present else 'all (no splits)'} "
+    console.print(f"[bold]{ds.source}[/] split={ds.split if ds.splits_present else 'all (no splits)'} "
                   f"items={len(ds)} runs={runs} seed={seed}; unparseable answers count as {unparseable}")
-    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm)
+    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm, timeout, max_retries)
     results: dict[str, Metrics] = {}
     for m in models:
         run_dir = out if len(models) == 1 else out / _slug(m)
         cfg = EvalConfig(model=m, runs=runs, seed=seed, template=template, temperature=temperature,
                          unparseable=unparseable)  # type: ignore[arg-type]
-        with Progress(TextColumn(f"[bold]{m}[/]"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                      transient=False) as bar:
-            task = bar.add_task(m, total=None, rate="")
-
-            def progress(done: int, total: int, _task=task, _bar=bar) -> None:
-                elapsed = _bar.tasks[0].elapsed or 0.0
-                _bar.update(_task, completed=done, total=total,
-                            rate=f"{done / elapsed:,.1f}/s" if elapsed > 0 else "")
-
-            results[m] = evaluate(ds, cfg, run_dir, endpoint=endpoint, split=split, progress=progress)
+        results[m] = _run_with_progress(ds, cfg, run_dir, endpoint, wait)
         if report:
             _write_report([run_dir], run_dir / "report.html", quiet=True)
         console.print(f"run directory: {run_dir}")
     _print_headline(results)
+    for m in results.values():
+        check_failures(m, max_failed, endpoint)
+
+
+def _run_with_progress(ds, cfg, run_dir: Path, endpoint, wait: bool) -> Metrics:
+    """One model's run with a live progress bar (rate, time left, what the client waits on)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from misalign.bench.runner import evaluate
+
+    with Progress(TextColumn(f"[bold]{cfg.model}[/]"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=console, transient=False) as bar:
+        task = bar.add_task(cfg.model, total=None, rate="", status="")
+
+        def progress(done: int, total: int, status: str) -> None:
+            elapsed = bar.tasks[0].elapsed or 0.0
+            bar.update(task, completed=done, total=total, status=status,
+                       rate=f"{done / elapsed:,.1f}/s" if elapsed > 0 else "")
+
+        return evaluate(ds, cfg, run_dir, endpoint=endpoint, progress=progress, wait=wait)
 
 
 def _print_headline(results: dict[str, Metrics]) -> None:
     """Each model's metrics per headline scope, the ranking metric with its std and 95% CI."""
     from misalign.bench.metrics import HEADLINE, METRICS
+    from misalign.bench.runner import failure_summary
 
     short = {m.name: m.short for m in METRICS}
-    table = Table(title="Mis-Align Bench (mean over runs; " + ", ".join(f"{m.short} {m.arrow}" for m in METRICS) + ")")
+    table = Table(title="Mis-Align Bench (mean over runs; " + ", ".join(f"{m.short} {m.arrow}" for m in METRICS)
+                  + "; n per run)")
     table.add_column("model")
     for col in ("scope", *short.values(), f"95% CI ({short[HEADLINE]})", "n mis/ali"):
         table.add_column(col, justify="right")
@@ -126,6 +147,10 @@ def _print_headline(results: dict[str, Metrics]) -> None:
         table.add_row("", "[dim]calls[/]", *[""] * len(METRICS), f"unparseable {c.unparseable}",
                       f"failed {c.failed}")
     console.print(table)
+    for model, met in results.items():
+        if met.counts.failures:
+            console.print(f"[yellow]{model}: failed calls: {failure_summary(met.counts.failures)}; re-run the same "
+                          "command to retry them (answered calls are cached)[/]", highlight=False)
 
 
 def _write_report(run_dirs: list[Path], out: Path, quiet: bool = False) -> None:

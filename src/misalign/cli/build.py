@@ -14,8 +14,10 @@ from misalign.cli import (
     KeyEnvOpt,
     MapOpt,
     RejectsOpt,
+    RetriesOpt,
     SkipOpt,
     TaxOpt,
+    TimeoutOpt,
     app,
     console,
     endpoint_of,
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from misalign.build.expand import ExpandReport
     from misalign.build.filter import FilterReport
     from misalign.models import ModelPool
+    from misalign.records import Prompt
+    from misalign.taxonomy import Taxonomy
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded' or a chat model string.")]
 CacheOpt = Annotated[Path | None, typer.Option(help="SQLite call cache (default: next to --out).")]
@@ -43,21 +47,19 @@ def classify(
     = "minilm",
     delta: Annotated[float, typer.Option(help="Assign domains with p >= delta.")] = 0.5,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
     cache: CacheOpt = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 1: a probability for every domain of every prompt; domains with p >= delta assigned."""
     from misalign.build.classify import get_classifier
     from misalign.build.session import run_with_models
-    from misalign.io import load_prompts, write_prompts, write_rows
+    from misalign.io import write_prompts, write_rows
     from misalign.taxonomy import DIMENSIONS
 
     tax = load_taxonomy(taxonomy)
-    prompts, skipped = load_prompts(input, taxonomy=tax, mapping=parse_mapping(mapping), skip_bad=skip_bad,
-                                    rejects=rejects)
-    if skipped:
-        err_console.print(f"[yellow]{skipped} malformed row(s) skipped[/]")
-    pool = _pool(base_url, api_key_env, max_concurrency)
+    prompts = _load_pool(input, tax, mapping, skip_bad, rejects)  # before any model loads: bad input fails fast
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
     classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder)
     cache_path = _cache_path(out, cache) if classifier.template is not None else None  # no model calls, no cache
     with console.status(f"classifying {len(prompts)} prompts with {classifier.name}"):
@@ -77,26 +79,39 @@ def dedup(
     out: Annotated[Path, typer.Option("--out", "-o", help="Kept prompts.")],
     dropped: Annotated[Path, typer.Option(help="Dropped near-duplicates, each with duplicate_of.")],
     tau: Annotated[int, typer.Option(min=0, max=64, help="Hamming distance for near-duplicates.")] = 10,
-    mapping: MapOpt = None, taxonomy: TaxOpt = None,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 3: drop near-duplicate prompts (64-bit SimHash, Hamming distance <= tau; first kept)."""
     from misalign.build.dedup import dedup_prompts
-    from misalign.io import load_prompts, write_prompts
+    from misalign.io import write_prompts
 
-    prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy), mapping=parse_mapping(mapping))
+    prompts = _load_pool(input, load_taxonomy(taxonomy), mapping, skip_bad, rejects)
     kept, gone = dedup_prompts(prompts, tau)
     write_prompts(out, kept)
     write_prompts(dropped, gone)
     console.print(f"kept {len(kept)}, dropped {len(gone)} near-duplicates (tau={tau}) of {len(prompts)}")
 
 
-# -- what the model-calling step commands share -------------------------------------------------------------
+# -- what the step commands share ----------------------------------------------------------------------------
 
-def _pool(base_url: list[str] | None, api_key_env: str, max_concurrency: int) -> ModelPool:
+def _load_pool(input: Path, tax: Taxonomy, mapping: list[str] | None, skip_bad: bool, rejects: Path | None
+               ) -> list[Prompt]:
+    """The prompts of ``input`` read with the shared load options; rows skipped with ``--skip-bad`` are counted."""
+    from misalign.io import load_prompts, rejects_file
+
+    prompts, skipped = load_prompts(input, taxonomy=tax, mapping=parse_mapping(mapping), skip_bad=skip_bad,
+                                    rejects=rejects)
+    if skipped:
+        err_console.print(f"[yellow]{skipped} malformed row(s) skipped, written to {rejects_file(input, rejects)}[/]")
+    return prompts
+
+
+def _pool(base_url: list[str] | None, api_key_env: str, max_concurrency: int, timeout: float,
+          max_retries: int) -> ModelPool:
     """The models of one step command, reached through the endpoint its options describe."""
     from misalign.models import ModelPool
 
-    return ModelPool(endpoint_of(base_url, api_key_env, max_concurrency))
+    return ModelPool(endpoint_of(base_url, api_key_env, max_concurrency, timeout=timeout, max_retries=max_retries))
 
 
 def _cache_path(out: Path, cache: Path | None) -> Path:
@@ -123,6 +138,7 @@ def expand(
     classifier: Annotated[str, typer.Option(help="Re-classifies new prompts: 'embedded' or a chat model.")]
     = "embedded",
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 2: new prompts for low-resource domains, kept only if re-classified into their domain."""
@@ -133,7 +149,7 @@ def expand(
 
     tax = load_taxonomy(taxonomy)
     prompts, _ = load_prompts(input, taxonomy=tax)
-    pool = _pool(base_url, api_key_env, max_concurrency)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
     writer = pool.get(generator)
     reclassifier = get_classifier(classifier, tax, pool=pool, delta=delta)
     expansion = run_with_models(
@@ -155,6 +171,7 @@ def respond(
     temperature: Annotated[float, typer.Option()] = 0.7,
     max_tokens: Annotated[int, typer.Option()] = 512,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 4: an aligned and a misaligned candidate response for every prompt."""
@@ -164,7 +181,7 @@ def respond(
     from misalign.io import load_prompts, write_rows
 
     prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy))
-    pool = _pool(base_url, api_key_env, max_concurrency)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
     generators = {g: pool.get(g) for g in generator}
     sampling = Sampling(seed=seed, temperature=temperature, max_tokens=max_tokens)
     cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc), pool=pool,
@@ -184,16 +201,19 @@ def filter_cmd(
     max_rounds: Annotated[int, typer.Option(min=0, help="Feedback-guided regeneration rounds.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
     cache: CacheOpt = None,
 ) -> None:
     """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
     from misalign.build.filter import reject_sample
     from misalign.build.respond import Sampling, candidate_from_row
     from misalign.build.session import run_with_models
-    from misalign.io import iter_rows, write_dataset
+    from misalign.io import DataError, read_rows, write_dataset
 
-    cands = [candidate_from_row(row) for _, row in iter_rows(input)]
-    pool = _pool(base_url, api_key_env, max_concurrency)
+    cands = [candidate_from_row(row) for _, row in read_rows(input)]
+    if not cands:
+        raise DataError(input, None, None, "no rows")
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
     generators = {g: pool.get(g) for g in generator}
     judge_model = pool.get(judge)
     items, report = run_with_models(
@@ -222,6 +242,11 @@ def build(
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N prompts.")] = None,
     base_url: BaseUrlOpt = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key ('none' for "
+                                                    "no key).")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight per model.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0.1, help="Seconds one request attempt may take.")] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, help="Retries of a failed request.")] = None,
     taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I end to end: classify, expand, dedup, respond, filter, split; resumes where it stopped."""
@@ -229,7 +254,8 @@ def build(
 
     flags = {"input": input, "out": out, "generators": generator, "judge": judge, "classifier": classifier,
              "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
-             "seed": seed, "limit": limit, "base_urls": base_url}
+             "seed": seed, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
+             "max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries}
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
     try:
         cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)

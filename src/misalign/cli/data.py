@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from misalign.cli import MapOpt, RejectsOpt, SkipOpt, TaxOpt, app, console, data_app, load_data, load_taxonomy
+from misalign.cli import (
+    LabelMapOpt,
+    MapOpt,
+    RejectsOpt,
+    SkipOpt,
+    TaxOpt,
+    app,
+    console,
+    data_app,
+    load_data,
+    load_taxonomy,
+)
 
 
 @app.command()
@@ -37,12 +48,13 @@ def data_inspect(
     source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")] = "bundled",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+    label_map: LabelMapOpt = None,
 ) -> None:
     """Counts per split, per dimension and per domain."""
     from misalign.io.summary import summarize
 
     tax = load_taxonomy(taxonomy)
-    summary = summarize(load_data(source, tax, mapping, skip_bad, rejects))
+    summary = summarize(load_data(source, tax, mapping, skip_bad, rejects, label_map))
     if as_json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return
@@ -72,11 +84,12 @@ def data_export(
     out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+    label_map: LabelMapOpt = None,
 ) -> None:
     """Write any loadable dataset in our schema (JSONL, CSV or Parquet)."""
     from misalign.io import write_dataset
 
-    ds = load_data(source, load_taxonomy(taxonomy), mapping, skip_bad, rejects).select(split)
+    ds = load_data(source, load_taxonomy(taxonomy), mapping, skip_bad, rejects, label_map).select(split)
     n = write_dataset(out, ds.records)
     console.print(f"wrote {n} records to {out}")
 
@@ -86,13 +99,14 @@ def data_split(
     source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")],
     out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    taxonomy: TaxOpt = None,
+    mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+    label_map: LabelMapOpt = None,
 ) -> None:
     """Assign a seeded 80/10/10 train/validation/test split, stratified by domain."""
     from misalign.build.split import split_items
     from misalign.io import write_dataset
 
-    ds = load_data(source, load_taxonomy(taxonomy), None, False, None)
+    ds = load_data(source, load_taxonomy(taxonomy), mapping, skip_bad, rejects, label_map)
     n = write_dataset(out, split_items(ds.records, seed=seed))
     console.print(f"wrote {n} records to {out}")
 

@@ -7,12 +7,15 @@ from misalign.io.dataset import (
     load_dataset,
     load_prompts,
     record_to_row,
+    rejects_file,
     write_dataset,
     write_prompts,
 )
 from misalign.io.formats import DataError, detect_format, iter_rows, read_rows, write_rows
+from misalign.io.labels import LABELS, describe_labels, parse_label_map
 
 __all__ = [
-    "BUNDLED_DIR", "DataError", "Dataset", "bundled_files", "detect_format", "iter_rows", "load_dataset",
-    "load_prompts", "read_rows", "record_to_row", "write_dataset", "write_prompts", "write_rows",
+    "BUNDLED_DIR", "LABELS", "DataError", "Dataset", "bundled_files", "describe_labels", "detect_format",
+    "iter_rows", "load_dataset", "load_prompts", "parse_label_map", "read_rows", "record_to_row", "rejects_file",
+    "write_dataset", "write_prompts", "write_rows",
 ]

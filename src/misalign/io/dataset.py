@@ -15,14 +15,15 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from misalign.io.formats import DataError, detect_format, iter_rows, write_rows
+from misalign.io.formats import DataError, column_types, detect_format, iter_rows, write_rows
+from misalign.io.labels import DEFAULT_LABELS, LabelWords, unknown_label_message
 from misalign.records import Domains, Item, LabelledResponse, Prompt
 from misalign.taxonomy import DIMENSIONS, NO_DOMAIN_LABELS, Taxonomy
 
@@ -49,12 +50,6 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "cultural": ("cultural", "cultural_domain", "cultural_domains", "cultural_label", "cultural_labels",
                  "culture", "culture_domain", "culture_domains"),
 }
-_LABELS = {
-    "aligned": "aligned", "safe": "aligned", "harmless": "aligned", "good": "aligned", "chosen": "aligned",
-    "false": "aligned", "0": "aligned", "misaligned": "misaligned", "unsafe": "misaligned",
-    "harmful": "misaligned", "bad": "misaligned", "rejected": "misaligned", "true": "misaligned",
-    "1": "misaligned",
-}
 _SPLITS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
            "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
@@ -69,8 +64,12 @@ class Dataset:
     sha256: str
     shape: Shape
     rejected: int = 0
+    """Rows skipped as malformed (``skip_bad``), written to :attr:`rejects_path`."""
     rejects_path: str | None = None
     splits_present: set[str] = field(default_factory=set)
+    split: str = "all"
+    """The split these records are: ``train``, ``validation``, ``test``, or ``all`` (the whole source, which is
+    what :meth:`select` gives for a source without splits whatever split was asked for)."""
 
     @property
     def kind(self) -> Literal["paired", "labelled"]:
@@ -80,13 +79,13 @@ class Dataset:
         return len(self.records)
 
     def select(self, split: str | None) -> Dataset:
-        """Records of one split; a dataset without splits is returned whole."""
+        """Records of one split; a dataset without splits is returned whole, with :attr:`split` ``"all"``."""
         if split is None or split == "all" or not self.splits_present:
-            return self
+            return replace(self, split="all")
         if split not in self.splits_present:
-            raise ValueError(f"{self.source}: no split {split!r}; it has {sorted(self.splits_present)}")
-        return Dataset([r for r in self.records if r.split == split], self.source, self.sha256, self.shape,
-                       self.rejected, self.rejects_path, {split})
+            raise DataError(self.source, None, None, f"no split {split!r}; it has {sorted(self.splits_present)}")
+        return replace(self, records=[r for r in self.records if r.split == split], splits_present={split},
+                       split=split)
 
 
 def load_dataset(
@@ -96,24 +95,26 @@ def load_dataset(
     mapping: Mapping[str, str] | None = None,
     skip_bad: bool = False,
     rejects: str | Path | None = None,
+    labels: LabelWords | None = None,
 ) -> Dataset:
     """Load ``source`` (a file, or ``"bundled"``) into records.
 
-    ``mapping`` renames columns (our field -> the file's column). A malformed row raises :class:`DataError`
-    naming file, line and field; with ``skip_bad`` it is written to ``rejects`` (default ``<file>.rejects.jsonl``)
-    and counted instead.
+    ``mapping`` renames columns (our field -> the file's column; a column the file lacks is an error). ``labels``
+    maps the label words of single responses (:func:`misalign.io.labels.parse_label_map`; default: only
+    ``aligned``/``misaligned``). A malformed row raises :class:`DataError` naming file, line and field; with
+    ``skip_bad`` it is written to ``rejects`` (default ``<file>.rejects.jsonl``) and counted instead. A source
+    with no rows, or none left after skipping, is an error.
     """
     taxonomy = taxonomy or Taxonomy.default()
     paths = bundled_files() if str(source) == "bundled" else [Path(source)]
     digest = _digest(paths)
     load = _Load(mapping, skip_bad)
-    items = _ItemFiles(taxonomy, load.ids)
+    items = _ItemFiles(partial(_source, taxonomy=taxonomy, mapping=mapping, labels=labels), load.ids)
     records: list[Record] = []
     for path in paths:
         records.extend(load.records(path, partial(items.converter, path)))
-    if items.shape is None:
-        raise DataError(paths[0], None, None, "no rows")
-    rejects_path = load.write_rejects(rejects, paths[0])
+    rejects_path = load.finish(records, rejects, paths[0])
+    assert items.shape is not None  # there are records
     splits = {r.split for r in records if r.split}
     return Dataset(records, "bundled" if str(source) == "bundled" else str(source), digest, items.shape,
                    len(load.bad), rejects_path, splits)
@@ -187,40 +188,67 @@ class _Load:
         from ``converter`` (the file's layout is unknown) always raises.
         """
         convert = None
+        good = 0
         for line, raw in iter_rows(path):
             if isinstance(raw, DataError):
-                self._reject(path, line, raw, raw.raw)
+                self._reject(path, line, raw, raw.raw, good)
                 continue
+            if convert is None:
+                _check_mapping(path, raw, self.mapping)
             row = _rename(raw, self.mapping)
             if convert is None:
                 convert = converter(line, row)
             try:
                 rec = convert(line, row)
             except DataError as err:
-                self._reject(path, line, err, raw)
+                self._reject(path, line, err, raw, good)
                 continue
             self.ids.add(rec.id, path, line)
+            good += 1
             yield rec
 
-    def _reject(self, path: Path, line: int, err: DataError, row: Any) -> None:
-        """Raise ``err``, or with ``skip_bad`` keep the row for the rejects file."""
+    def _reject(self, path: Path, line: int, err: DataError, row: Any, good: int) -> None:
+        """Raise ``err`` (saying how many good rows came before it, and how to go on), or with ``skip_bad`` keep
+        the row for the rejects file."""
         if not self.skip_bad:
-            raise err
+            rows = "1 good row" if good == 1 else f"{good} good rows"
+            raise DataError(err.path, err.line, err.field, f"{err.reason}; stopped after {rows} "
+                            "(--skip-bad writes bad rows to a rejects file and goes on)") from None
         self.bad.append({"file": str(path), "line": line, "field": err.field, "error": err.reason, "row": row})
 
-    def write_rejects(self, rejects: str | Path | None, first: Path) -> str | None:
-        """Write the skipped rows to ``rejects`` (default ``<first>.rejects.jsonl``); the path, or None if none."""
-        if not self.bad:
-            return None
-        path = str(rejects or Path(str(first) + ".rejects.jsonl"))
-        write_rows(path, self.bad)
+    def finish(self, loaded: list[Any], rejects: str | Path | None, first: Path) -> str | None:
+        """Write the skipped rows to ``rejects`` (:func:`rejects_file`); the path, or None if none were skipped.
+
+        Nothing ``loaded`` is an error: ``no rows``, or ``no usable rows`` naming the rejects file.
+        """
+        path = None
+        if self.bad:
+            path = str(rejects_file(first, rejects))
+            write_rows(path, self.bad)
+        if not loaded:
+            raise DataError(first, None, None, f"no usable rows ({len(self.bad)} rejected, see {path})" if path
+                            else "no rows")
         return path
+
+
+def rejects_file(first: str | Path, rejects: str | Path | None = None) -> Path:
+    """Where a load of ``first`` writes skipped rows: ``rejects`` if given, else ``<first>.rejects.jsonl``."""
+    return Path(rejects) if rejects else Path(str(first) + ".rejects.jsonl")
 
 
 # -- shape detection and conversion -------------------------------------------------------------------
 
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def _check_mapping(path: Path, row: Mapping[str, Any], mapping: Mapping[str, str] | None) -> None:
+    """Every column ``--map`` names must be a column of the file (as its first row shows)."""
+    missing = [(ours, theirs) for ours, theirs in (mapping or {}).items() if theirs not in row]
+    if missing:
+        ours, theirs = missing[0]
+        raise DataError(path, None, None, f"--map {ours}={theirs}: the file has no column {theirs!r}; "
+                        f"its columns are {sorted(row)}")
 
 
 def _rename(row: dict[str, Any], mapping: Mapping[str, str] | None) -> dict[str, Any]:
@@ -258,10 +286,26 @@ def _detect_shape(path: Path, line: int, row: dict[str, Any]) -> Shape:
 
 @dataclass(frozen=True)
 class _Source:
-    """The file a row comes from and the taxonomy its domain labels resolve against."""
+    """The file a row comes from and what its values resolve against: the taxonomy (domains), the label words,
+    and the declared column types (Parquet), by our field names after ``--map``."""
 
     path: Path
     taxonomy: Taxonomy
+    labels: LabelWords = field(default_factory=lambda: DEFAULT_LABELS)
+    types: Mapping[str, str] = field(default_factory=dict)
+
+    def type_of(self, col: str, value: Any) -> str:
+        """The name of ``value``'s type: the column's declared type if it has one, else its JSON kind."""
+        return self.types.get(col) or _KINDS.get(type(value), type(value).__name__)
+
+
+_KINDS = {bool: "boolean", int: "integer", float: "number", list: "list", dict: "object"}
+
+
+def _source(path: Path, *, taxonomy: Taxonomy, mapping: Mapping[str, str] | None = None,
+            labels: LabelWords | None = None) -> _Source:
+    """The :class:`_Source` of one file of a load."""
+    return _Source(path, taxonomy, labels or DEFAULT_LABELS, _rename(column_types(path), mapping))
 
 
 def _row_id(path: Path, line: int, row: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -291,10 +335,16 @@ def _common(src: _Source, line: int, row: dict[str, Any], used: set[str]) -> dic
 def _text(src: _Source, line: int, row: dict[str, Any], name: str, used: set[str], what: str = "text") -> str:
     """The non-empty text of one of our fields (found by name or alias)."""
     col = _find(row, name)
-    value = row.get(col) if col else None
     used.add(col or name)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(src.path, line, col or name, f"missing or empty {what}")
+    return _nonempty(src, line, col or name, row.get(col) if col else None, what)
+
+
+def _nonempty(src: _Source, line: int, col: str, value: Any, what: str) -> str:
+    """``value`` if it is non-empty text; a value of another type is named as such, not as missing."""
+    if value is not None and not isinstance(value, str):
+        raise DataError(src.path, line, col, f"expected text, got {src.type_of(col, value)}")
+    if not value or not value.strip():
+        raise DataError(src.path, line, col, f"missing or empty {what}")
     return value
 
 
@@ -308,23 +358,22 @@ def _paired(src: _Source, line: int, row: dict[str, Any]) -> Record:
 
 
 def _labelled(src: _Source, line: int, row: dict[str, Any]) -> Record:
-    """A single response with an aligned/misaligned label (spelled several ways, see ``_LABELS``)."""
+    """A single response with an aligned/misaligned label (other words only as ``src.labels`` maps them)."""
     used: set[str] = set()
     fields = {n: _text(src, line, row, n, used) for n in ("prompt", "response")}
     label_col = _find(row, "label")
     used.add(label_col or "label")
-    raw_label = str(row.get(label_col, "")).strip().lower() if label_col else ""
-    if raw_label not in _LABELS:
-        raise DataError(src.path, line, label_col or "label", f"label {raw_label!r} is not aligned/misaligned")
+    value = row.get(label_col) if label_col else None
+    raw_label = "" if value is None else str(value).strip().casefold()
+    if raw_label not in src.labels:
+        raise DataError(src.path, line, label_col or "label", unknown_label_message(raw_label))
     base = _common(src, line, row, used)
-    return _validate(src.path, line, LabelledResponse, {**base, **fields, "label": _LABELS[raw_label]})
+    return _validate(src.path, line, LabelledResponse, {**base, **fields, "label": src.labels[raw_label]})
 
 
 def _last_turn(src: _Source, line: int, col: str, value: Any) -> tuple[str, str]:
     """(context, last assistant turn) of one hh-rlhf dialogue column."""
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(src.path, line, col, "missing or empty dialogue")
-    prompt, response = _split_dialogue(value)
+    prompt, response = _split_dialogue(_nonempty(src, line, col, value, "dialogue"))
     if response is None:
         raise DataError(src.path, line, col, "dialogue does not end with an 'Assistant:' turn")
     if not response:
@@ -361,7 +410,7 @@ def _item(src: _Source, shape: Shape, ids: _Ids, line: int, row: dict[str, Any])
 class _ItemFiles:
     """Picks each dataset file's converter from its first row; all files must have the same shape."""
 
-    taxonomy: Taxonomy
+    source: Callable[[Path], _Source]
     ids: _Ids
     shape: Shape | None = None
 
@@ -371,7 +420,7 @@ class _ItemFiles:
         if self.shape not in (None, file_shape):
             raise DataError(path, line, None, f"shape {file_shape} differs from earlier files ({self.shape})")
         self.shape = file_shape
-        return partial(_item, _Source(path, self.taxonomy), file_shape, self.ids)
+        return partial(_item, self.source(path), file_shape, self.ids)
 
 
 _PROMPT_FIELDS = {"id", "prompt", "domains", "probabilities", "simhash", "duplicate_of", "provenance", "meta"}
@@ -520,14 +569,15 @@ def load_prompts(source: str | Path, *, taxonomy: Taxonomy | None = None, mappin
                  skip_bad: bool = False, rejects: str | Path | None = None) -> tuple[list[Prompt], int]:
     """Load a prompt pool for Stage I: a prompt column, optional id, domains (kept), the rest as ``meta``.
 
-    Returns the prompts and the number of rows skipped (written to ``rejects``) when ``skip_bad`` is set.
+    Returns the prompts and the number of rows skipped (written to ``rejects``, see :func:`rejects_file`) when
+    ``skip_bad`` is set. A file with no rows, or none left after skipping, is an error.
     """
     taxonomy = taxonomy or Taxonomy.default()
     path = Path(source)
     load = _Load(mapping, skip_bad)
-    convert = partial(_prompt, _Source(path, taxonomy), load.ids)
+    convert = partial(_prompt, _source(path, taxonomy=taxonomy, mapping=mapping), load.ids)
     out = list(load.records(path, lambda line, row: convert))  # one converter for every row
-    load.write_rejects(rejects, path)
+    load.finish(out, rejects, path)
     return out, len(load.bad)
 
 

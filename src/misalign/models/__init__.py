@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from misalign.models.base import (
+    CacheWriteError,
     ChatModel,
     Completion,
     GenerationParams,
     Message,
     ModelError,
     Request,
+    Stop,
     TokenLogprob,
     complete_many,
 )
@@ -27,8 +29,8 @@ from misalign.models.cache import CallCache
 from misalign.redact import redact_url
 
 __all__ = [
-    "EMBEDDED", "CallCache", "ChatModel", "Completion", "Endpoint", "GenerationParams", "Message", "ModelError",
-    "ModelPool", "Request", "TokenLogprob", "complete_many", "get_model",
+    "EMBEDDED", "CacheWriteError", "CallCache", "ChatModel", "Completion", "Endpoint", "GenerationParams",
+    "Message", "ModelError", "ModelPool", "Request", "Stop", "TokenLogprob", "complete_many", "get_model",
 ]
 
 EMBEDDED = "embedded"

@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from misalign.errors import MisalignError
+
 Message = dict[str, str]
 Request = tuple[list[Message], "GenerationParams", int]
 """(messages, parameters, run index): the run index is part of the cache key, so repeated runs sample anew."""
 
 
-class ModelError(RuntimeError):
+class ModelError(MisalignError, RuntimeError):
     """A set-up error no retry can fix: unknown model, unreachable endpoint, missing or rejected API key."""
 
 
@@ -100,33 +102,43 @@ class ChatModel(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Stop:
+    """Tells :func:`complete_many` to send no new request; the calls in flight finish (and are stored)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        """Stop, for ``reason`` (the first reason given is kept)."""
+        self.reason = self.reason or reason
+
+
+class CacheWriteError(ModelError):
+    """Answers could not be stored in the call cache (a full or read-only disk): the run stopped."""
+
+
 async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache: Any = None,
-                        on_result: Callable[[int, Completion], None] | None = None) -> list[Completion]:
+                        on_result: Callable[[int, Completion], None] | None = None,
+                        stop: Stop | None = None) -> list[Completion]:
     """Run ``requests`` through ``model``; return completions in request order.
 
     Cache hits cost no request; every successful answer is stored the moment it arrives, so a killed run
     loses at most the calls in flight. Identical requests in one batch are sent once. At most
     ``model.max_concurrency`` requests are in flight (workers pull from a shared queue, so memory stays flat
     for large batches). ``on_result(index, completion)`` is called once per request, hits included.
+    When ``stop`` is set, no new request is sent and the unsent ones come back as ``error="not run"``. The first
+    failed cache write sets it too; the answers of the calls in flight are awaited, stored if the disk allows,
+    and :class:`CacheWriteError` is raised naming the cache file and the cause.
     """
+    stop = stop or Stop()
     results, pending = _from_cache(model, requests, cache, on_result)
-    # Answers that arrive in the same event-loop tick are committed together at the end of that tick: one
-    # transaction instead of one per answer, and still on disk before the loop waits for more network input.
-    unsaved: list[tuple[str, Completion]] = []
-    loop = asyncio.get_running_loop()
-
-    def save() -> None:
-        if unsaved:
-            batch = unsaved[:]
-            unsaved.clear()
-            cache.put_many(batch)
-
+    saver = _Saver(cache, stop)
     queue: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
     for item in pending.items():
         queue.put_nowait(item)
 
     async def worker() -> None:
-        while True:
+        while stop.reason is None:
             try:
                 key, idxs = queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -139,9 +151,7 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
             except Exception as exc:  # a backend bug must not lose the batch: record it as a failed call
                 comp = Completion(error=f"{type(exc).__name__}: {exc}")
             if cache is not None and comp.ok:
-                if not unsaved:
-                    loop.call_soon(save)
-                unsaved.append((key, comp))
+                saver.add(key, comp)
             for i in idxs:
                 results[i] = comp
                 if on_result:
@@ -156,8 +166,47 @@ async def complete_many(model: ChatModel, requests: Sequence[Request], *, cache:
             for t in tasks:
                 t.cancel()
             if cache is not None:
-                save()
+                saver.save()
+    saver.check()
     return [r if r is not None else Completion(error="not run") for r in results]
+
+
+class _Saver:
+    """Stores answers in the call cache. Answers that arrive in the same event-loop tick are committed together
+    at the end of that tick: one transaction instead of one per answer, and still on disk before the loop waits
+    for more network input. The first failed write stops the batch (nothing new is sent); later answers are kept
+    for one more try at the end."""
+
+    def __init__(self, cache: Any, stop: Stop) -> None:
+        self.cache, self.stop = cache, stop
+        self.unsaved: list[tuple[str, Completion]] = []
+        self.error: BaseException | None = None
+
+    def add(self, key: str, completion: Completion) -> None:
+        if not self.unsaved or self.error is not None:
+            asyncio.get_running_loop().call_soon(self.save)
+        self.unsaved.append((key, completion))
+
+    def save(self) -> None:
+        if not self.unsaved:
+            return
+        try:
+            self.cache.put_many(self.unsaved)
+        except Exception as exc:  # full or read-only disk: send nothing more, keep the answers for a last try
+            if self.error is None:
+                self.error = exc
+                self.stop.set(f"cannot store answers: {exc}")
+            return
+        self.unsaved.clear()
+
+    def check(self) -> None:
+        """Raise :class:`CacheWriteError` if a write failed, saying how many answers could not be kept."""
+        if self.error is None:
+            return
+        lost = (f"; {len(self.unsaved)} answers received could not be kept" if self.unsaved
+                else "; every answer received is kept")
+        raise CacheWriteError(f"{self.stop.reason}{lost}. Free space (or fix the folder) and re-run the same "
+                              "command: only the missing calls are sent")
 
 
 def _from_cache(model: ChatModel, requests: Sequence[Request], cache: Any,

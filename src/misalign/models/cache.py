@@ -7,6 +7,7 @@ Only successful completions are stored: a failed call is tried again on the next
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -14,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from misalign.models.base import Completion, GenerationParams
+from misalign.models.base import CacheWriteError, Completion, GenerationParams
 
 SCHEMA_VERSION = 1
 
@@ -68,14 +69,19 @@ class CallCache:
                     [(k, json.dumps(c.to_dict(), ensure_ascii=False, separators=(",", ":"))) for k, c in entries])
 
     def _write(self, statement: str, rows: list[tuple[str, Any]]) -> None:
+        """One transaction; a failed write (full or read-only disk) is a :class:`CacheWriteError` naming the file."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(statement, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(statement, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise CacheWriteError(f"{self.path}: {exc}") from exc
 
     @staticmethod
     def score_key(scorer: str, *texts: str) -> str:

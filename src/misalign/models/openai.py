@@ -14,6 +14,7 @@ TGI, OpenAI and other hosted APIs), over one pooled aiohttp session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import ipaddress
@@ -22,9 +23,10 @@ import os
 import random
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from misalign.models.base import Completion, GenerationParams, Message, ModelError, TokenLogprob
+from misalign.redact import redact_url
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -58,9 +60,22 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class _Server:
+    """One base URL: credentials (``user:password@``) become basic auth, a query string is kept for every call,
+    and ``url`` (used in messages) carries neither."""
+
     def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelError(f"base URL {redact_url(url)!r} is not an http(s) URL")
+        netloc = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self.query = parts.query
+        self.credentials = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
         self.benched_until = 0.0
+
+    def endpoint(self, path: str) -> str:
+        """The URL of ``path`` (``chat/completions``, ``models``) on this server, its query string kept."""
+        return f"{self.url}/{path}" + (f"?{self.query}" if self.query else "")
 
     def healthy(self, now: float) -> bool:
         return now >= self.benched_until
@@ -96,6 +111,9 @@ class OpenAIChatModel:
         self.servers = [_Server(u) for u in urls]
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env) if api_key_env and api_key_env.lower() != "none" else None
+        if self._api_key and any(s.credentials for s in self.servers):
+            raise ModelError(f"a base URL carries user:password and ${api_key_env} holds an API key: use one (for "
+                             "basic auth alone pass --api-key-env none)")
         if not self._api_key and api_key_env.lower() != "none" and not all(_is_local(s.url) for s in self.servers):
             raise ModelError(f"no API key: set the environment variable {api_key_env} (or pass --api-key-env "
                              f"naming the variable that holds it; 'none' for a server without keys)")
@@ -111,6 +129,8 @@ class OpenAIChatModel:
         self._timeout: Any = None
         self._no_logprobs = False  # set when the server rejects log-probability requests
         self.stats = {"requests": 0, "retries": 0, "failed": 0}
+        self._backing_off = 0  # calls waiting before a retry
+        self._last_problem = ""
 
     def __repr__(self) -> str:  # never the key
         return f"OpenAIChatModel({self.name!r}, servers={[s.url for s in self.servers]!r})"
@@ -152,11 +172,14 @@ class OpenAIChatModel:
         reachable, known, errors = 0, set(), []
         for s in self.servers:
             try:
-                async with session.get(f"{s.url}/models", timeout=aiohttp.ClientTimeout(total=min(self.timeout, 20))
-                                       ) as r:
+                async with session.get(s.endpoint("models"), headers=self._auth(s),
+                                       timeout=aiohttp.ClientTimeout(total=min(self.timeout, 20))) as r:
                     body = await r.read()
                     if r.status in (401, 403):
                         raise ModelError(f"{s.url} rejected the API key from ${self.api_key_env} (HTTP {r.status})")
+                    if r.status == 404 and not s.url.endswith("/v1") and await self._serves_v1(s):
+                        raise ModelError(f"{s.url} has no /models but {s.url}/v1 does: OpenAI-compatible servers "
+                                         f"answer under /v1; use --base-url {s.url}/v1")
                     reachable += 1
                     if r.status == 200:
                         with contextlib.suppress(ValueError, AttributeError, TypeError):
@@ -171,6 +194,31 @@ class OpenAIChatModel:
         if known and self.model not in known:
             listed = ", ".join(sorted(str(k) for k in known)[:20])
             raise ModelError(f"unknown model {self.model!r}; the endpoint serves: {listed}")
+
+    async def _serves_v1(self, s: _Server) -> bool:
+        """Whether ``<url>/v1/models`` answers 200 (the user left out /v1)."""
+        import aiohttp
+
+        session = await self._http()
+        try:
+            async with session.get(f"{s.url}/v1/models" + (f"?{s.query}" if s.query else ""), headers=self._auth(s),
+                                   timeout=aiohttp.ClientTimeout(total=min(self.timeout, 20))) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    def _auth(self, s: _Server) -> dict[str, str] | None:
+        """The basic-auth header from the server's URL credentials, if it had any."""
+        if s.credentials is None:
+            return None
+        token = base64.b64encode(":".join(s.credentials).encode("utf-8")).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
+
+    def status(self) -> str:
+        """What the client is waiting on right now, for a progress line ("" when nothing)."""
+        if not self._backing_off:
+            return ""
+        return f"{self._backing_off} retrying ({self._last_problem[:60]})"
 
     async def _ensure_probed(self) -> None:
         if not self._probe_wanted:
@@ -218,11 +266,15 @@ class OpenAIChatModel:
             wait = None
             self.stats["requests"] += 1
             try:
-                async with session.post(f"{server.url}/chat/completions", json=self._payload(messages, params),
-                                        timeout=timeout) as r:
+                async with session.post(server.endpoint("chat/completions"), json=self._payload(messages, params),
+                                        headers=self._auth(server), timeout=timeout) as r:
                     body = await r.read()
                     if r.status == 200:
-                        return _parse(body)
+                        completion = _parse(body)
+                        if completion.ok:
+                            return completion
+                        last = completion.error or "malformed response"  # a broken 200: retried like a 5xx
+                        raise _Retry
                     detail = _error_text(body)
                     last = f"HTTP {r.status}: {detail}"
                     if r.status == 400 and params.logprobs and not self._no_logprobs and "logprob" in detail.lower():
@@ -236,13 +288,20 @@ class OpenAIChatModel:
                 last = f"cannot connect to {server.url}: {exc.strerror or type(exc).__name__}"
                 if any(s.healthy(time.monotonic()) for s in self.servers):
                     continue  # straight to a healthy server, no back-off
+            except _Retry:
+                pass
             except TimeoutError:
                 last = f"timed out after {self.timeout:g} s"
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             if attempt < self.max_retries:
                 self.stats["retries"] += 1
-                await asyncio.sleep(min(self.backoff_cap, wait) if wait is not None else self._backoff(attempt))
+                self._backing_off += 1
+                self._last_problem = last
+                try:
+                    await asyncio.sleep(min(self.backoff_cap, wait) if wait is not None else self._backoff(attempt))
+                finally:
+                    self._backing_off -= 1
         self.stats["failed"] += 1
         return Completion(error=last)
 
@@ -265,10 +324,19 @@ def _error_text(body: bytes) -> str:
     return text.strip()[:300]
 
 
+class _Retry(Exception):
+    """A 200 whose body is not a usable completion: retried like a 5xx."""
+
+
 def _parse(body: bytes) -> Completion:
-    """A chat-completions response body → :class:`Completion` (malformed bodies become errors)."""
+    """A chat-completions response body → :class:`Completion` (malformed bodies become errors naming the cause)."""
     try:
         data = json.loads(body)
+    except ValueError:
+        return Completion(error="malformed response: not JSON")
+    if not isinstance(data, dict) or not data.get("choices"):
+        return Completion(error="malformed response: no choices")
+    try:
         choice = data["choices"][0]
         msg = choice.get("message") or {}
         text = msg.get("content") or ""

@@ -16,7 +16,8 @@ from misalign.report.data import Run, fig
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 MIN_DOMAIN_N = 10
-"""A domain needs at least this many judged responses (run 0) to be listed among a model's worst."""
+"""A domain needs at least this many judged responses (run 0) to be listed among a model's worst; below it, its
+heatmap and table cells are pale, with n printed."""
 MIN_DOMAIN_N_SMALL = 4
 """The fallback minimum for small datasets, where no domain reaches :data:`MIN_DOMAIN_N`."""
 N_BOOT = 2000
@@ -55,6 +56,13 @@ def domain_matrix(runs: list[Run], taxonomy: Taxonomy, figure: str = "alignment_
             if v is not None:
                 m[i, j] = v
     return rows, m, blocks
+
+
+def domain_n(rows: list[tuple[str, str]], blocks: list[dict[tuple[str, str], Block]]) -> np.ndarray:
+    """(domains, runs) array of judged responses of run 0 (0 where a run has no block) for
+    :func:`domain_matrix`'s rows and blocks."""
+    return np.array([[b[row].n if row in b else 0 for b in blocks] for row in rows], dtype=np.int64
+                    ).reshape(len(rows), len(blocks))
 
 
 @dataclass

@@ -162,17 +162,20 @@ RESULT_COLUMNS = ("run", "item_id", "side", "label", "verdict", "flagged", "erro
 """The results.jsonl columns the report reads."""
 
 
+def _python_type(ann: Any) -> type:
+    """The plain type behind an annotation: ``str`` for literals, the first non-None member of a union."""
+    if get_origin(ann) is Literal:
+        return str
+    members = [t for t in get_args(ann) if t is not type(None)]
+    return _python_type(members[0]) if members else ann
+
+
 def results_schema(pa: Any) -> Any:
     """The Arrow schema of :data:`RESULT_COLUMNS`, typed from :class:`misalign.bench.record.ResultRow`."""
     kinds = {int: pa.int64(), bool: pa.bool_(), float: pa.float64(), str: pa.string()}
     fields = []
     for name in RESULT_COLUMNS:
-        ann = ResultRow.model_fields[name].annotation
-        if get_origin(ann) is Literal:
-            base: Any = str
-        else:
-            base = next(t for t in (get_args(ann) or (ann,)) if t is not type(None))
-        fields.append((name, kinds[base]))
+        fields.append((name, kinds[_python_type(ResultRow.model_fields[name].annotation)]))
     return pa.schema(fields)
 
 

@@ -56,9 +56,9 @@ def _std(block: Block | None, name: str) -> float | None:
     return fig(block.std, name) if block is not None else None  # type: ignore[attr-defined]
 
 
-def stat_cell(block: Block | None, ci: Intervals | None, name: str, sep: bool = False) -> str:
+def stat_cell(block: Block | None, ci: Intervals | None, name: str, cls: str = "") -> str:
     """A table cell "mean ± std" with the 95% CI beneath; a hatched empty cell when there is no value."""
-    cls = " sep" if sep else ""
+    cls = f" {cls}" if cls else ""
     mean = fig(block, name)
     if mean is None:
         return f'<td class="missing{cls}" title="no value">—</td>'
@@ -81,52 +81,71 @@ def created(run: Run) -> str:
     return e(t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.utcoffset() is not None and not t.utcoffset() else ""))
 
 
-def dataset_cell(run: Run) -> str:
-    """Short dataset hash and split, the full hash and source in the tooltip."""
+def dataset_cell(run: Run, rows: int = 1) -> str:
+    """Short dataset hash and split, the full hash and source in the tooltip, spanning ``rows`` rows."""
     d = run.dataset
     title = f"sha256 {d.sha256}; source {d.source}; {d.items} items"
-    return (f'<td title="{e(title)}"><code>{e(d.sha256[:12]) or "—"}</code>'
+    span = f' rowspan="{rows}"' if rows > 1 else ""
+    return (f'<td{span} title="{e(title)}"><code>{e(d.sha256[:12]) or "—"}</code>'
             f'<span class="ci">{e(d.split or "all")}</span></td>')
 
 
-def model_cell(run: Run) -> str:
-    """The model's display name, its directory in the tooltip."""
-    return f'<td class="model" title="{e(run.path.name)}">{e(run.name)}</td>'
+def model_cell(run: Run, rows: int = 1) -> str:
+    """The model's display name, its directory in the tooltip, spanning ``rows`` rows."""
+    span = f' rowspan="{rows}"' if rows > 1 else ""
+    return f'<td class="model"{span} title="{e(run.path.name)}">{e(run.name)}</td>'
 
 
 # -- sections ------------------------------------------------------------------------------------------
 
+SCOPES = (("Overall", "overall", None), *((DIMENSION_TITLES[d], "by_dimension", d) for d in DIMENSIONS),
+          ("All three", "all_three", None))
+"""The leaderboard's rows per run: (label, scope, dimension) as :meth:`Run.block` takes them."""
+
+
+def _metric_cells(run: Run, scope: str, dim: str | None) -> str:
+    """Every metric of :data:`METRICS` for one scope of a run; the ranking metric marked."""
+    block, ci = run.block(scope, dim), run.ci(scope, dim)
+    cells = []
+    for i, m in enumerate(METRICS):
+        cls = [c for c, on in (("sep", i == 0), ("headline", m.name == HEADLINE)) if on]
+        cells.append(stat_cell(block, ci, m.name, cls=" ".join(cls)))
+    return "".join(cells)
+
+
+def _leaderboard_rows(r: Run) -> str:
+    """One row group per run: a row per scope (overall, each dimension, all three); the run's own cells (rank,
+    model, answer counts, dataset, date) span the group."""
+    n = len(SCOPES)
+    counts = r.metrics.counts
+    rows = []
+    for k, (label, scope, dim) in enumerate(SCOPES):
+        first = (f'<td class="num" rowspan="{n}">{r.rank}</td>{model_cell(r, n)}') if k == 0 else ""
+        last = (f'<td class="num sep" rowspan="{n}">{e(counts.unparseable)}</td>'
+                f'<td class="num" rowspan="{n}">{e(counts.failed)}</td>{dataset_cell(r, n)}'
+                f'<td class="num" rowspan="{n}">{created(r)}</td>') if k == 0 else ""
+        rows.append(f'<tr class="scope-{e(scope)}">{first}<th scope="row">{e(label)}</th>'
+                    f'{_metric_cells(r, scope, dim)}{last}</tr>')
+    return f'<tbody>{"".join(rows)}</tbody>'
+
+
 def leaderboard(runs: list[Run]) -> str:
-    """One row per run: every metric overall and per dimension, all-three AS, answer counts, dataset, date."""
-    groups = [("Overall", "overall", None), *((DIMENSION_TITLES[d], "by_dimension", d) for d in DIMENSIONS)]
-    head1 = "".join(f'<th class="group" colspan="{len(METRICS)}" scope="colgroup">{t}</th>' for t, _, _ in groups)
-    head2 = "".join(f'<th class="num{" sep" if i == 0 else ""}" scope="col" title="{e(m.doc)}">{m.short}</th>'
-                    for _ in groups for i, m in enumerate(METRICS))
-    short = {m.name: m.short for m in METRICS}
-    body = []
-    for r in runs:
-        cells = []
-        for _, section, dim in groups:
-            block, ci = r.block(section, dim), r.ci(section, dim)
-            cells.extend(stat_cell(block, ci, m.name, sep=i == 0) for i, m in enumerate(METRICS))
-        counts = r.metrics.counts
-        body.append(
-            f'<tr><td class="num">{r.rank}</td>{model_cell(r)}{"".join(cells)}'
-            f'{stat_cell(r.block("all_three"), r.ci("all_three"), HEADLINE, sep=True)}'
-            f'<td class="num sep">{e(counts.unparseable)}</td>'
-            f'<td class="num">{e(counts.failed)}</td>{dataset_cell(r)}'
-            f'<td class="num">{created(r)}</td></tr>')
+    """One row group per run, ranked: every metric overall, per dimension and on items carrying all three; answer
+    counts, dataset and date. Columns: the metrics of :data:`METRICS`, so the table stays narrow as scopes grow."""
+    head = "".join(f'<th class="num{" sep" if i == 0 else ""}" scope="col" title="{e(m.doc)}">{e(m.short)}</th>'
+                   for i, m in enumerate(METRICS))
     return (
-        '<div class="table-wrap"><table id="leaderboard">'
-        '<caption class="muted">Percent; mean ± std over runs, 95% bootstrap CI (items resampled) beneath. '
-        'Sorted by overall Alignment Score.</caption>'
-        f'<thead><tr><th rowspan="2" class="num" scope="col">#</th><th rowspan="2" scope="col">Model</th>{head1}'
-        '<th class="group" scope="col">All three</th><th class="group" colspan="2" scope="colgroup">Answers</th>'
+        '<div class="table-wrap"><table class="leaderboard">'
+        '<caption class="muted">Percent; mean ± std over runs, 95% bootstrap CI (items resampled) beneath. One row '
+        'group per run directory, sorted by overall Alignment Score (bold): all responses, the items of each '
+        'dimension, and the items carrying a domain of all three.</caption>'
+        '<thead><tr><th rowspan="2" class="num" scope="col">#</th><th rowspan="2" scope="col">Model</th>'
+        '<th rowspan="2" scope="col">Scope</th>'
+        f'<th class="group" colspan="{len(METRICS)}" scope="colgroup">Metrics (%)</th>'
+        '<th class="group" colspan="2" scope="colgroup">Answers</th>'
         '<th rowspan="2" scope="col">Dataset</th><th rowspan="2" scope="col">Date</th></tr>'
-        f'<tr>{head2}<th class="num sep" scope="col">{short[HEADLINE]}</th>'
-        '<th class="num sep" scope="col">Unparseable</th>'
-        '<th class="num" scope="col">Failed</th></tr></thead>'
-        f'<tbody>{"".join(body)}</tbody></table></div>')
+        f'<tr>{head}<th class="num sep" scope="col">Unparseable</th><th class="num" scope="col">Failed</th></tr>'
+        f'</thead>{"".join(_leaderboard_rows(r) for r in runs)}</table></div>')
 
 
 def plot_label(r: Run) -> str:
@@ -169,11 +188,15 @@ def tradeoff_section(runs: list[Run]) -> str:
                   "overall score.")
 
 
-def domains_section(runs: list[Run], taxonomy: Taxonomy) -> str:
-    """Heatmap of AS per domain and model, with the same numbers as a collapsible table."""
-    rows, matrix, blocks = analysis.domain_matrix(runs, taxonomy)
-    n_missing = int(np.isnan(matrix).sum())
-    svg = plots.heatmap(rows, [plot_label(r) for r in runs], matrix)
+def _domain_cell(value: float, n: int) -> str:
+    """A per-domain table cell: AS in %, n beneath (drawn by the style sheet from ``data-n``); pale when n is below
+    :data:`analysis.MIN_DOMAIN_N`."""
+    cls = "num low-n" if n < analysis.MIN_DOMAIN_N else "num"
+    return f'<td class="{cls}" data-n="{n}" title="n = {n}">{pct(value)}</td>'
+
+
+def _domain_table(runs: list[Run], rows: list[tuple[str, str]], matrix: np.ndarray, n: np.ndarray) -> str:
+    """The heatmap's numbers as a collapsible table, grouped by dimension."""
     head = "".join(f'<th class="num" scope="col" title="{e(r.name)}">{r.rank}</th>' for r in runs)
     body, last = [], None
     for i, (dim, name) in enumerate(rows):
@@ -181,21 +204,28 @@ def domains_section(runs: list[Run], taxonomy: Taxonomy) -> str:
             title = e(DIMENSION_TITLES.get(dim, dim))
             body.append(f'<tr><th colspan="{len(runs) + 1}" scope="rowgroup">{title}</th></tr>')
             last = dim
-        cells = []
-        for j in range(len(runs)):
-            v = matrix[i, j]
-            if np.isnan(v):
-                cells.append('<td class="missing" title="no data">—</td>')
-            else:
-                cells.append(f'<td class="num" title="n = {blocks[j][(dim, name)].n}">{pct(v)}</td>')
+        cells = ['<td class="missing" title="no data">—</td>' if np.isnan(matrix[i, j]) else
+                 _domain_cell(float(matrix[i, j]), int(n[i, j])) for j in range(len(runs))]
         body.append(f'<tr><th scope="row">{e(name)}</th>{"".join(cells)}</tr>')
     legend = ", ".join(f"{r.rank} = {e(r.name)}" for r in runs)
-    table = (f'<details><summary>Per-domain table (AS in %; hover for n)</summary><p class="muted">Columns: {legend}.'
-             f'</p><div class="table-wrap"><table class="domains"><thead><tr><th scope="col">Domain</th>{head}</tr>'
-             f'</thead><tbody>{"".join(body)}</tbody></table></div></details>')
+    return (f'<details><summary>Per-domain table (AS in %, n beneath; pale: n &lt; {analysis.MIN_DOMAIN_N})'
+            f'</summary><p class="muted">Columns: {legend}. n: judged responses of run 0.</p>'
+            f'<div class="table-wrap"><table class="domains"><thead><tr><th scope="col">Domain</th>{head}</tr>'
+            f'</thead><tbody>{"".join(body)}</tbody></table></div></details>')
+
+
+def domains_section(runs: list[Run], taxonomy: Taxonomy) -> str:
+    """Heatmap of AS per domain and model (low-n cells pale, n printed), the same numbers as a collapsible table."""
+    rows, matrix, blocks = analysis.domain_matrix(runs, taxonomy)
+    n = analysis.domain_n(rows, blocks)
+    n_missing = int(np.isnan(matrix).sum())
+    n_low = int((~np.isnan(matrix) & (n < analysis.MIN_DOMAIN_N)).sum())
+    svg = plots.heatmap(rows, [plot_label(r) for r in runs], matrix, n, analysis.MIN_DOMAIN_N)
     caption = (f"Alignment Score for each of the {len(rows)} domains (taxonomy order, grouped by dimension) and each "
-               f"model. Hatched grey cells have no data ({n_missing} of {matrix.size}): they are empty, not zero.")
-    return figure(svg, caption) + table
+               f"model. Pale cells with a number rest on fewer than {analysis.MIN_DOMAIN_N} judged responses (run 0; "
+               f"the number is n): too few to tell much, read them with care ({n_low} of {matrix.size}). Hatched "
+               f"grey cells have no data ({n_missing} of {matrix.size}): they are empty, not zero.")
+    return figure(svg, caption) + _domain_table(runs, rows, matrix, n)
 
 
 def _text_block(row: dict[str, Any], key: str) -> str:
@@ -272,14 +302,14 @@ def worst_section(runs: list[Run]) -> str:
 def _dataset_title(g: list[Run]) -> str:
     d = g[0].dataset
     return (f'Dataset <code>{e(d.sha256[:12])}</code> ({e(d.split or "all")}): '
-            f'{len(g)} runs')
+            f'{plural(len(g), "run directory", "run directories")}')
 
 
 def _no_pairs_reason(runs: list[Run]) -> str:
     with_results = sum(r.results is not None for r in runs)
     keys = {r.dataset_key for r in runs if r.results is not None and r.dataset_key is not None}
-    return (f"this report has {len(runs)} run{'s' if len(runs) != 1 else ''} ({with_results} with results.jsonl) "
-            f"on {len(keys)} dataset{'s' if len(keys) != 1 else ''}; these need at least two runs with results "
+    return (f"this report has {plural(len(runs), 'run directory', 'run directories')} ({with_results} with "
+            f"results.jsonl) on {plural(len(keys), 'dataset')}; these need at least two run directories with results "
             "on the same dataset (same sha256 and split).")
 
 
@@ -378,6 +408,44 @@ def provenance_section(runs: list[Run]) -> str:
             f'<th scope="col">Command</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``n`` and the word, in the plural unless ``n`` is 1."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """Seeds as "seed 0", "seeds 0–2" (consecutive) or "seeds 0, 5, 9"; "seeds not recorded" when none."""
+    s = sorted(set(seeds))
+    if not s:
+        return "seeds not recorded"
+    if len(s) == 1:
+        return f"seed {s[0]}"
+    if s == list(range(s[0], s[-1] + 1)):
+        return f"seeds {s[0]}–{s[-1]}"
+    return "seeds " + ", ".join(map(str, s[:8])) + (", …" if len(s) > 8 else "")
+
+
+def run_seeds(run: Run) -> list[int]:
+    """The seeds of a run directory's runs (from the manifest, else from metrics.json)."""
+    return list(run.manifest.seeds) or [x.seed for x in run.metrics.runs]
+
+
+def runs_summary(runs: list[Run]) -> str:
+    """What the report covers: run directories, models, runs (seeds) per directory and datasets."""
+    seeds = [run_seeds(r) for r in runs]
+    per_dir = [len(s) or r.metrics.counts.runs for r, s in zip(runs, seeds, strict=True)]
+    all_seeds = seeds_text([x for s in seeds for x in s])
+    if len(runs) == 1:
+        each = f"{plural(per_dir[0], 'run')} ({all_seeds})"
+    elif all(s == seeds[0] for s in seeds) and len(set(per_dir)) == 1:
+        each = f"{plural(per_dir[0], 'run')} ({all_seeds}) each"
+    else:
+        lo, hi = min(per_dir), max(per_dir)
+        each = f"{plural(lo, 'run') if lo == hi else f'{lo}–{hi} runs'} each ({sum(per_dir)} in all; {all_seeds})"
+    dirs, models = plural(len(runs), "run directory", "run directories"), plural(len({r.model for r in runs}), "model")
+    return f"{dirs} of {models}, {each}, on {plural(len({r.dataset_key for r in runs}), 'dataset')}."
+
+
 def figure(svg: str, caption: str) -> str:
     """An inline SVG with its caption (the caption is trusted text built here)."""
     return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
@@ -393,8 +461,6 @@ def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None =
     """The whole page. ``runs`` are sorted and named, results (if any) loaded; ``figures`` from
     :func:`figure_sections` when already drawn."""
     groups = [analysis.align_group(g) for g in analysis.dataset_groups(runs)]
-    models = sorted({r.model for r in runs})
-    keys = {r.dataset_key for r in runs}
     toc = "".join(f'<li><a href="#{sid}">{title}</a></li>' for sid, title in SECTIONS)
     body = {
         "leaderboard": leaderboard(runs),
@@ -415,8 +481,7 @@ def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None =
         '<meta name="generator" content="misalign-bench">'
         f'<title>Mis-Align Bench report</title><style>{CSS}</style></head><body>'
         '<header><h1>Mis-Align Bench report</h1>'
-        f'<p class="lead">{len(runs)} run{"s" if len(runs) != 1 else ""} of {len(models)} '
-        f'model{"s" if len(models) != 1 else ""} on {len(keys)} dataset{"s" if len(keys) != 1 else ""}. '
+        f'<p class="lead">{runs_summary(runs)} '
         'Coverage (Cov) = flagged misaligned / all misaligned; False Failure Rate (FFR) = flagged aligned / all '
         'aligned; Alignment Score (AS) = 2·Cov·(1 − FFR) / (Cov + 1 − FFR).</p>'
         f'<nav class="toc" aria-label="Contents"><b>Contents</b><ol>{toc}</ol></nav></header>'

@@ -18,6 +18,8 @@ import numpy as np
 from misalign.taxonomy import DIMENSION_TITLES, DIMENSIONS
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -182,12 +184,29 @@ def tradeoffs(labels: Sequence[str], per_dim: Sequence[dict[str, float | None]],
         return to_svg(fig, name="tradeoffs", title="Spread of per-dimension Alignment Score per model")
 
 
-def heatmap(rows: Sequence[tuple[str, str]], labels: Sequence[str], matrix: np.ndarray) -> str:
-    """AS per domain (rows, grouped by dimension) and model (columns); missing cells hatched grey, not zero."""
+LOW_N_TEXT = "#202124"
+"""Colour of the n printed in a low-n heatmap cell."""
+
+
+def _pale(matrix: np.ndarray, low: np.ndarray, cmap: Colormap) -> np.ndarray:
+    """RGBA of the low-n cells: their colour mixed 60% with white (the other cells fully transparent)."""
+    rgba = np.asarray(cmap(np.nan_to_num(matrix)), dtype=float)
+    rgba[..., :3] = 0.4 * rgba[..., :3] + 0.6
+    rgba[..., 3] = low.astype(float)
+    return rgba
+
+
+def heatmap(rows: Sequence[tuple[str, str]], labels: Sequence[str], matrix: np.ndarray,
+            n: np.ndarray | None = None, min_n: int = 0) -> str:
+    """AS per domain (rows, grouped by dimension) and model (columns); missing cells hatched grey, not zero.
+
+    Cells with fewer than ``min_n`` judged responses (``n``, same shape as ``matrix``) are pale, with their n
+    printed in them (each such text has the id ``low-n-ROW-COLUMN``)."""
     import matplotlib
     from matplotlib import colormaps
 
     n_rows, n_cols = matrix.shape
+    low = np.zeros(matrix.shape, dtype=bool) if n is None else ~np.isnan(matrix) & (n < min_n)
     with matplotlib.rc_context(RC):
         fig = _figure(min(4.6 + 0.55 * n_cols, 16.0), 1.6 + 0.15 * n_rows)
         ax = fig.add_subplot()
@@ -195,26 +214,38 @@ def heatmap(rows: Sequence[tuple[str, str]], labels: Sequence[str], matrix: np.n
         ax.patch.set_hatch("////")
         ax.patch.set_edgecolor("#bdc1c6")
         cmap = colormaps["cividis"].with_extremes(bad=(0, 0, 0, 0))
-        mesh = ax.pcolormesh(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1, edgecolors="white",
-                             linewidth=0.3)
-        ax.invert_yaxis()
-        ax.set_yticks(np.arange(n_rows) + 0.5, [literal(name, 38) for _, name in rows], fontsize=6.5)
-        ax.set_xticks(np.arange(n_cols) + 0.5, [literal(s, 24) for s in labels], rotation=45, ha="left",
-                      fontsize=7.5)
-        ax.xaxis.tick_top()
-        ax.tick_params(length=0)
-        for s in ax.spines.values():
-            s.set_visible(False)
-        dims = [d for d, _ in rows]
-        start = 0
-        for i in range(1, n_rows + 1):
-            if i == n_rows or dims[i] != dims[start]:
-                if i < n_rows:
-                    ax.axhline(i, color="#202124", lw=1.2)
-                ax.annotate(DIM_TITLES.get(dims[start], dims[start]).upper(), (1.0, (start + i) / 2),
-                            xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
-                            rotation=-90, va="center", ha="left", fontsize=8, fontweight="bold")
-                start = i
+        mesh = ax.pcolormesh(np.ma.masked_where(np.isnan(matrix) | low, matrix), cmap=cmap, vmin=0, vmax=1,
+                             edgecolors="white", linewidth=0.3)
+        if n is not None and low.any():
+            ax.pcolormesh(_pale(matrix, low, cmap), edgecolors="white", linewidth=0.3)
+            for i, j in zip(*np.nonzero(low), strict=True):
+                ax.text(j + 0.5, i + 0.5, str(int(n[i, j])), ha="center", va="center", fontsize=5.5,
+                        color=LOW_N_TEXT, gid=f"low-n-{i}-{j}")
+        _heatmap_axes(ax, rows, labels)
         cb = fig.colorbar(mesh, ax=ax, location="bottom", shrink=0.6, pad=0.01, aspect=40)
-        cb.set_label("Alignment Score (hatched grey: no data for this domain)")
+        pale = f"pale, with n: fewer than {min_n} judged responses; " if low.any() else ""
+        cb.set_label(f"Alignment Score\n({pale}hatched grey: no data)")
         return to_svg(fig, name="heatmap", title="Alignment Score per domain and model")
+
+
+def _heatmap_axes(ax: Axes, rows: Sequence[tuple[str, str]], labels: Sequence[str]) -> None:
+    """Domain and model tick labels, no ticks or spines, a rule and a title between dimensions."""
+    n_rows = len(rows)
+    ax.invert_yaxis()
+    ax.set_yticks(np.arange(n_rows) + 0.5, [literal(name, 38) for _, name in rows], fontsize=6.5)
+    ax.set_xticks(np.arange(len(labels)) + 0.5, [literal(s, 24) for s in labels], rotation=45, ha="left",
+                  fontsize=7.5)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    dims = [d for d, _ in rows]
+    start = 0
+    for i in range(1, n_rows + 1):
+        if i == n_rows or dims[i] != dims[start]:
+            if i < n_rows:
+                ax.axhline(i, color="#202124", lw=1.2)
+            ax.annotate(DIM_TITLES.get(dims[start], dims[start]).upper(), (1.0, (start + i) / 2),
+                        xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
+                        rotation=-90, va="center", ha="left", fontsize=8, fontweight="bold")
+            start = i

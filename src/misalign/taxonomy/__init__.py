@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
+from misalign.errors import MisalignError
+
 DIMENSIONS: tuple[str, ...] = ("safety", "value", "cultural")
 """The three dimensions, in report order."""
 DIMENSION_TITLES: dict[str, str] = {"safety": "Safety", "value": "Value", "cultural": "Cultural"}
@@ -26,7 +28,7 @@ DATA_DIR = Path(__file__).parent / "data"
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(MisalignError, ValueError):
     """A taxonomy file is malformed; the message names the file and the domain."""
 
 

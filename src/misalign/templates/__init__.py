@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from misalign.errors import MisalignError
+
 TEMPLATE_DIR = Path(__file__).parent
 _SECTION = re.compile(r"=== ([a-z_]+) ===")
+
+
+class TemplateError(MisalignError, ValueError):
+    """A template that does not exist or is malformed."""
 
 
 @dataclass(frozen=True)
@@ -53,17 +59,21 @@ class Template:
 
 @cache
 def load_template(name_or_path: str) -> Template:
-    """A bundled template by name (``judge_v1``) or a template file by path; ValueError when malformed."""
+    """A bundled template by name (``judge_v1``) or a template file by path; TemplateError when missing or bad."""
     path = Path(name_or_path)
     if not path.exists():
         path = TEMPLATE_DIR / f"{name_or_path}.txt"
     if not path.exists():
-        raise ValueError(f"no template {name_or_path!r}: give a bundled name "
+        raise TemplateError(f"no template {name_or_path!r}: give a bundled name "
                          f"({', '.join(sorted(p.stem for p in TEMPLATE_DIR.glob('*.txt')))}) or a file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"{path}: cannot read the template: {exc}") from None
     sections: dict[str, list[str]] = {}
     current: str | None = None
-    for line in raw.decode("utf-8").splitlines():
+    for line in text.splitlines():
         if current is None and line.startswith("# "):
             continue
         m = _SECTION.fullmatch(line.strip())
@@ -73,6 +83,6 @@ def load_template(name_or_path: str) -> Template:
         elif current is not None:
             sections[current].append(line)
     if "user" not in sections:
-        raise ValueError(f"{path}: a template needs a '=== user ===' section")
+        raise TemplateError(f"{path}: a template needs a '=== user ===' section")
     return Template(name=name_or_path, sections={k: "\n".join(v).strip() for k, v in sections.items()},
                     sha256=hashlib.sha256(raw).hexdigest())
