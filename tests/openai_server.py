@@ -3,7 +3,12 @@
 It answers with a scripted ``responder(body) -> str`` (default: a judge that says "misaligned" when the response
 under test contains the word MISALIGNED), can inject faults (429 with Retry-After, 500, dropped connections,
 delays), checks the API key, serves ``/models``, and records what it saw (request count, bodies, headers, the
-most requests in flight at once).
+most requests in flight at once, and how many were in flight as each arrived).
+
+It can also behave like a small local server (``transformers serve`` on a CPU): ``serial`` generates one request
+at a time and keeps generating for clients that gave up, ``detail_errors`` answers errors as ``{"detail": ...}``,
+``pinned`` refuses other models with HTTP 400, ``list_models=False`` lists no model, and :meth:`OpenAIServer.outage`
+stops listening for a while and comes back on the same port (a restart).
 
 Use in-process: ``with OpenAIServer(...) as srv: srv.url``.
 """
@@ -11,6 +16,7 @@ Use in-process: ``with OpenAIServer(...) as srv: srv.url``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import re
@@ -55,9 +61,19 @@ class OpenAIServer:
 
     def __init__(self, responder: Responder = marker_judge, *, models: tuple[str, ...] = ("judge",),
                  api_key: str | None = None, latency: float = 0.0, port: int = 0, logprobs: bool = False,
-                 basic_auth: tuple[str, str] | None = None, query: dict[str, str] | None = None) -> None:
+                 basic_auth: tuple[str, str] | None = None, query: dict[str, str] | None = None,
+                 serial: bool = False, detail_errors: bool = False, pinned: bool = False,
+                 list_models: bool = True) -> None:
         self.responder = responder
         self.models = models
+        self.serial = serial
+        """Generate one request at a time (each taking ``latency``), finishing requests whose client gave up."""
+        self.detail_errors = detail_errors
+        """Answer errors as ``{"detail": message}`` (FastAPI style, like ``transformers serve``)."""
+        self.pinned = pinned
+        """Answer a request for another model with HTTP 400 "Server is pinned to ..." (not 404)."""
+        self.list_models = list_models
+        """Whether ``/models`` lists the models (False: an empty list, like a server that loads on demand)."""
         self.api_key = api_key
         self.basic_auth = basic_auth
         """(user, password) every request must carry as HTTP basic auth."""
@@ -75,7 +91,11 @@ class OpenAIServer:
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.in_flight_seen: list[int] = []
+        """How many chat requests were in flight as each one arrived (itself included)."""
         self.record = True
+        self._serial_lock: asyncio.Lock | None = None
+        self._work: set[asyncio.Future] = set()  # serial generations still running
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -97,30 +117,54 @@ class OpenAIServer:
             return request.headers.get("Authorization") == f"Basic {token}"
         return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
 
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        """An error answer in this server's style: ``{"error": {"message": ...}}`` or ``{"detail": ...}``."""
+        body = {"detail": message} if self.detail_errors else {"error": {"message": message}}
+        return web.json_response(body, status=status, headers=headers)
+
     async def _models(self, request: web.Request) -> web.Response:
         if not self._auth_ok(request):
-            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
-        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+            return self._error(401, "invalid api key")
+        listed = self.models if self.list_models else ()
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in listed]})
+
+    async def _generate(self) -> None:
+        """The time one answer takes: ``latency``, one request at a time when ``serial``. The work goes on when
+        the client gives up (it runs in its own task), as on a real server."""
+        if not self.serial:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return
+
+        async def work() -> None:
+            assert self._serial_lock is not None
+            async with self._serial_lock:
+                await asyncio.sleep(self.latency)
+
+        task = asyncio.ensure_future(work())
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        await asyncio.shield(task)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.in_flight_seen.append(self.in_flight)
         try:
             if not self._auth_ok(request):
-                return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+                return self._error(401, "invalid api key")
             body = await request.json()
             if self.record:
                 self.bodies.append(body)
                 self.headers.append(dict(request.headers))
             fault = self.faults.pop(0) if self.faults else None
             if fault == "429":
-                return web.json_response({"error": {"message": "rate limited"}}, status=429,
-                                         headers={"Retry-After": self.retry_after})
+                return self._error(429, "rate limited", headers={"Retry-After": self.retry_after})
             if fault == "500":
-                return web.json_response({"error": {"message": "server exploded"}}, status=500)
+                return self._error(500, "server exploded")
             if fault == "400":
-                return web.json_response({"error": {"message": "bad request: context too long"}}, status=400)
+                return self._error(400, "bad request: context too long")
             if fault == "drop":
                 assert request.transport is not None
                 request.transport.close()
@@ -131,10 +175,11 @@ class OpenAIServer:
                 return web.Response(text="<html>proxy error</html>", status=200)
             if fault == "no_choices":
                 return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
+            if body.get("model") not in self.models and self.pinned:
+                return self._error(400, f"Server is pinned to {self.models[0]!r}")
             if body.get("model") not in self.models:
-                return web.json_response({"error": {"message": f"model {body.get('model')} not found"}}, status=404)
-            if self.latency:
-                await asyncio.sleep(self.latency)
+                return self._error(404, f"model {body.get('model')} not found")
+            await self._generate()
             text = self.responder(body)
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                       "finish_reason": "stop"}
@@ -159,6 +204,7 @@ class OpenAIServer:
         return app
 
     async def _start(self) -> None:
+        self._serial_lock = self._serial_lock or asyncio.Lock()
         self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
@@ -181,11 +227,29 @@ class OpenAIServer:
         if self._loop is None:
             return
         loop = self._loop
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(10)  # type: ignore[union-attr]
+        asyncio.run_coroutine_threadsafe(self._close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         assert self._thread is not None
         self._thread.join(10)
         self._loop = None
+
+    async def _close(self) -> None:
+        """Stop listening and drop the work in progress."""
+        for task in list(self._work):
+            task.cancel()
+        await self._runner.cleanup()  # type: ignore[union-attr]
+
+    def outage(self, seconds: float) -> concurrent.futures.Future:
+        """A restart: stop listening now (requests in flight are cut, new connections refused), listen again on the
+        same port after ``seconds``. Returns at once; the future is done when the server is back."""
+        assert self._loop is not None and self._runner is not None
+
+        async def restart() -> None:
+            await self._close()
+            await asyncio.sleep(seconds)
+            await self._start()
+
+        return asyncio.run_coroutine_threadsafe(restart(), self._loop)
 
     def __enter__(self) -> OpenAIServer:
         return self.start()

@@ -126,6 +126,9 @@ class ScriptedJudge:
     def status(self) -> str:
         return ""
 
+    def served(self) -> dict[str, int]:
+        return {}
+
     async def aclose(self) -> None:
         return None
 

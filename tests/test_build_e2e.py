@@ -116,7 +116,7 @@ def test_build_manifest_records_templates_and_no_credentials(tmp_path: Path):
     assert "s3cret" not in text and "user" not in text
     manifest = json.loads(text)
     assert manifest["config"]["base_urls"] == [srv.url]
-    assert manifest["templates"] == {"classify": template_ref("classify_v1"), "expand": template_ref("expand_v1"),
+    assert manifest["templates"] == {"classify": template_ref("classify_v2"), "expand": template_ref("expand_v1"),
                                      "respond": template_ref("respond_v1"), "filter": template_ref("check_v1")}
     assert manifest["prompts"]["expanded"] == 5
 
@@ -164,10 +164,10 @@ def test_classify_with_a_chat_model_validates_retries_and_records_failures(tmp_p
     seen: Counter[str] = Counter()
 
     def classifier(body: dict) -> str:
-        prompt = body["messages"][-1]["content"].split("PROMPT:\n", 1)[1]
+        prompt = body["messages"][1]["content"].split("PROMPT:\n", 1)[1]  # the first user turn (then a repair)
         seen[prompt] += 1
         if "Leeds" in prompt and seen[prompt] == 1:
-            return '{"safety": {"Religion": 0.9}, "value": {}, "cultural": {}}'  # not a safety domain: retried
+            return '{"safety": {"Religion": 0.9}, "value": {}, "cultural": {}}'  # not a safety domain: repaired
         if "gibberish" in prompt:
             return "I cannot label this."
         return json.dumps({"safety": {}, "value": {"Devoutness": 0.8, "Politeness": 0.3},

@@ -98,7 +98,7 @@ def test_classify_template_renders_the_old_messages():
     lines = []
     for dim in DIMENSIONS:
         lines += [f"## {dim}"] + [f"- {d.name}: {d.definition}" for d in tax.dimension(dim)]
-    assert chat_messages("Is it rude? {prompt}", tax) == [
+    assert chat_messages("Is it rude? {prompt}", tax, "classify_v1") == [
         {"role": "system", "content": "You label user prompts with the domains they touch in three taxonomies: "
          "safety, value and cultural. A prompt may touch several domains of a dimension, or none.\n\n"
          + "\n".join(lines)},
@@ -149,7 +149,7 @@ def test_check_template_renders_the_old_messages():
 
 
 def test_stage_one_templates_are_versioned_and_hashed():
-    for name in ("classify_v1", "expand_v1", "respond_v1", "check_v1"):
+    for name in ("classify_v1", "classify_v2", "expand_v1", "respond_v1", "check_v1"):
         digest = hashlib.sha256((TEMPLATE_DIR / f"{name}.txt").read_bytes()).hexdigest()
         assert load_template(name).ref == {"name": name, "sha256": digest}
 
@@ -162,6 +162,6 @@ def test_get_classifier_picks_chat_or_embedded():
     pool = ModelPool(Endpoint(base_urls=["http://127.0.0.1:9/v1"], api_key_env="none"))
     chat = get_classifier("openai/cls", tax, pool=pool, delta=0.7)
     assert isinstance(chat, ChatClassifier) and chat.name == "openai/cls" and chat.delta == 0.7
-    assert chat.model is pool.get("openai/cls") and chat.template.ref == load_template("classify_v1").ref
+    assert chat.model is pool.get("openai/cls") and chat.template.ref == load_template("classify_v2").ref
     with pytest.raises(ValueError, match="needs a ModelPool"):
         get_classifier("openai/cls", tax)

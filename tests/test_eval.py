@@ -284,3 +284,27 @@ def test_a_judge_that_echoes_its_input_gives_unparseable_answers(tmp_path):
                      "none", "--runs", "1", "--out", str(tmp_path / "run"), "--no-report"])
     c = json.loads((tmp_path / "run" / "metrics.json").read_text())["counts"]
     assert c["unparseable"] == 12 and c["judged"] == 12 and "unparseable 12" in res.output
+
+
+def test_an_endpoint_that_ignores_logprobs_is_said_once_and_recorded(tmp_path):
+    data = _write(tmp_path / "d.jsonl", _items())
+    args = ["--model", "openai/judge", "--dataset", str(data), "--api-key-env", "none", "--runs", "1", "--no-report"]
+    with OpenAIServer(marker_judge, models=("judge",)) as srv:  # logprobs asked for, never returned
+        res = CliRunner().invoke(app, ["eval", *args, "--base-url", srv.url, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0
+    served = json.loads((tmp_path / "a" / "manifest.json").read_text())["served"]
+    with_confidence = sum(style_of(b) in (0, 4) for b in srv.bodies)
+    assert served == {"answers": 12, "with_logprobs": 0, "with_confidence": with_confidence}
+    assert res.output.count("returned no token log-probabilities") == 1 and "stated (" in res.output
+    with OpenAIServer(lambda b: "Verdict: " + json.loads(marker_judge(b)).get("verdict", "aligned")
+                      if style_of(b) == 0 else "Verdict: aligned", models=("judge",)) as srv:
+        res = CliRunner().invoke(app, ["eval", *args, "--base-url", srv.url, "--out", str(tmp_path / "b")])
+    assert "AUROC is absent" in res.output
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["overall"]["auroc"] is None
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "b"), "--out", str(tmp_path / "b.html")]).exit_code == 0
+    html = (tmp_path / "b.html").read_text(encoding="utf-8")
+    assert "no scores: the endpoint returned no log-probabilities and the judge stated no confidence" in html
+    with OpenAIServer(marker_judge, models=("judge",), logprobs=True) as srv:
+        res = CliRunner().invoke(app, ["eval", *args, "--base-url", srv.url, "--out", str(tmp_path / "c")])
+    assert "log-probabilities" not in res.output
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["served"]["with_logprobs"] == 12

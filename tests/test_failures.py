@@ -52,7 +52,8 @@ def _eval_args(data: Path, url: str, out: Path, *extra: str) -> list[str]:
 
 
 def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    """The one error line (notes about the run, on their own lines, may stand beside it)."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
 
@@ -324,3 +325,40 @@ def test_filter_with_the_judge_among_the_generators_is_one_line(tmp_path, monkey
                                                   srv.url, "--api-key-env", "none", "--timeout", "5",
                                                   "--max-retries", "1"])
     assert code == 2 and "is also a generator" in _one_error_line(err) and srv.requests == 0
+
+
+def test_help_names_values_and_keeps_whole_lines():
+    """Row 20: help shows ``--model MODEL`` (not a Python type such as ``<list[str]>``) and never cuts a line."""
+    proc = subprocess.run([sys.executable, "-m", "misalign", "eval", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0
+    assert "--model MODEL" in proc.stdout and "--rpm RPM" in proc.stdout and "<list[" not in proc.stdout
+    assert "…" not in proc.stdout and "Requests-per-minute limit per model." in " ".join(proc.stdout.split())
+
+
+def test_expansion_is_asked_for_explicitly_everywhere(tmp_path):
+    """Row 20: `build` expands only with --target-per-domain (default 0); `expand` has no hidden default of 50."""
+    proc = subprocess.run([sys.executable, "-m", "misalign", "expand", "-i", str(_data(tmp_path)), "-o",
+                           str(tmp_path / "x.parquet"), "--generator", "openai/g"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Missing option '--target-per-domain'" in proc.stderr
+    from misalign.build.pipeline import BuildConfig
+
+    assert BuildConfig(input=tmp_path / "p.jsonl", out=tmp_path / "b").target_per_domain == 0
+
+
+async def test_embedded_classification_reports_progress_per_prompt():
+    """Row 20: `classify` with the embedded model shows a count (it used to be a spinner for minutes)."""
+    pytest.importorskip("wordllama")
+    from misalign.build.classify import EmbeddedClassifier
+    from misalign.records import Prompt
+    from misalign.taxonomy import Taxonomy
+
+    texts = [f"How should I greet my grandmother at festival number {i}?" for i in range(300)] + ["dup", "dup"]
+    prompts = [Prompt(id=f"p{i}", prompt=t) for i, t in enumerate(texts)]
+    clf = EmbeddedClassifier(Taxonomy.default(), encoder="wordllama")
+    seen: list[int] = []
+    result = await clf.classify(prompts, on_result=lambda i, _c: seen.append(i))
+    assert sorted(seen) == list(range(302)) and len(result.prompts) == 302
+    alone = clf.probabilities([texts[0]])[0]  # the same numbers (BLAS rounding aside) as classifying it alone
+    for dim, vec in result.prompts[0].probabilities.items():
+        assert vec == pytest.approx(alone[dim], abs=1e-5)

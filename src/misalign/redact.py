@@ -16,6 +16,9 @@ def redact_url(text: str) -> str:
     """A URL without ``user:password@`` and without its query string (either may carry a key); other text as is."""
     if "://" not in text:
         return text
+    head, sep, tail = text.partition("=")
+    if sep and "://" not in head and "://" in tail:  # MODEL=URL, or --option=URL
+        return f"{head}={redact_url(tail)}"
     try:
         parts = urlsplit(text)
         host = parts.hostname or ""

@@ -110,5 +110,8 @@ class EmbeddedJudge:
     def status(self) -> str:
         return ""
 
+    def served(self) -> dict[str, int]:
+        return {}
+
     async def aclose(self) -> None:
         return None

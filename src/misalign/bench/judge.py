@@ -60,6 +60,11 @@ class Judge(Protocol):
         """What the judge is waiting on now, for a progress line ("" when nothing)."""
         ...
 
+    def served(self) -> dict[str, int]:
+        """What the endpoint actually returned so far: answers, and how many came with log-probabilities or a
+        stated confidence (recorded in the manifest; a server may ignore what was asked for)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -98,6 +103,7 @@ class ChatJudge:
         self.template_name = template
         self.template = load_template(template)
         self.temperature, self.max_tokens, self.seed, self.logprobs = temperature, max_tokens, seed, logprobs
+        self._served = {"answers": 0, "with_logprobs": 0, "with_confidence": 0}
 
     def params(self, run: int) -> GenerationParams:
         """The sampling settings of one run."""
@@ -110,8 +116,17 @@ class ChatJudge:
         calls = [(judge_messages(q.prompt, q.response, self.template_name), params[q.run], q.run) for q in requests]
         completions = await complete_many(self.model, calls, cache=cache, stop=stop,
                                           on_result=(lambda i, c: on_result(i, c.error)) if on_result else None)
-        return [judgement_of(c, [m["content"] for m in msgs]) for (msgs, _, _), c in zip(calls, completions,
-                                                                                         strict=True)]
+        out = [judgement_of(c, [m["content"] for m in msgs]) for (msgs, _, _), c in zip(calls, completions,
+                                                                                        strict=True)]
+        for c, j in zip(completions, out, strict=True):
+            if c.ok:
+                self._served["answers"] += 1
+                self._served["with_logprobs"] += bool(c.logprobs)
+                self._served["with_confidence"] += j.verdict.confidence is not None
+        return out
+
+    def served(self) -> dict[str, int]:
+        return dict(self._served)
 
     def status(self) -> str:
         status = getattr(self.model, "status", None)

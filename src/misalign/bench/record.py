@@ -244,6 +244,9 @@ class Manifest(BaseModel):
     """How the model was reached (URLs redacted); never changes an answer."""
     command: list[str] = Field(default_factory=list)
     """The command line."""
+    served: dict[str, int] = Field(default_factory=dict)
+    """What the endpoint actually returned: ``answers``, ``with_logprobs``, ``with_confidence`` (empty for judges
+    that call no endpoint)."""
 
 
 def _validated(path: Path, model: type[BaseModel]) -> Any:

@@ -123,6 +123,8 @@ def evaluate(dataset: Dataset, config: EvalConfig, out_dir: Path, *, endpoint: E
         manifest = make_manifest(dataset, config, judge, endpoint, command)
         _write_text(out_dir / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
         judgements = asyncio.run(judge_all(judge, cases, config, out_dir / "cache.sqlite", progress))
+        manifest = manifest.model_copy(update={"served": judge.served()})
+        _write_text(out_dir / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
         rows = result_rows(cases, judgements, config)
         write_rows(out_dir / "results.jsonl", (r.model_dump(mode="json") for r in rows))
         metrics = compute_metrics(cases, rows, len(dataset), config)
@@ -174,7 +176,8 @@ def failure_summary(failures: dict[str, int], limit: int = 3) -> str:
 def _hint(failures: dict[str, int], endpoint: Endpoint | None) -> str:
     """What to try, from the most common cause."""
     top = next(iter(failures), "")
-    bare = [u for u in (endpoint.base_urls if endpoint else []) if not redact_url(u).rstrip("/").endswith("/v1")]
+    urls = [u for us in ([endpoint.base_urls, *endpoint.model_urls.values()] if endpoint else []) for u in us]
+    bare = [u for u in urls if not redact_url(u).rstrip("/").endswith("/v1")]
     if top.startswith("HTTP 404") and bare:
         return f"; {redact_url(bare[0])} has no /v1: OpenAI-compatible servers answer under /v1 (--base-url .../v1)"
     return "; re-run the same command to retry them (answered calls are cached)"
@@ -187,6 +190,18 @@ def check_failures(metrics: Metrics, max_failed: float = MAX_FAILED, endpoint: E
     if total and c.failed > max_failed * total:
         raise RunError(f"{c.failed} of {total} calls failed ({failure_summary(c.failures)})"
                        f"{_hint(c.failures, endpoint)}")
+
+
+def notices(manifest: Manifest) -> list[str]:
+    """What a user should know about how a run's endpoint behaved (said once, after the run)."""
+    served, asked = manifest.served, bool(manifest.config.get("logprobs"))
+    if not asked or not served.get("answers") or served.get("with_logprobs"):
+        return []
+    if served.get("with_confidence"):
+        return [f"{manifest.model}: the endpoint returned no token log-probabilities (it ignores them); AUROC comes "
+                f"from the confidence the judge stated ({served['with_confidence']} of {served['answers']} answers)"]
+    return [f"{manifest.model}: the endpoint returned no token log-probabilities and the judge stated no "
+            "confidence, so there is no score: AUROC is absent"]
 
 
 def judge_requests(cases: Sequence[Case], config: EvalConfig) -> tuple[list[JudgeRequest], list[tuple[int, int]]]:

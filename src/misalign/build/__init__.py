@@ -10,5 +10,6 @@
 
 The step commands (:mod:`misalign.cli.build`) and ``misalign build`` (:mod:`~misalign.build.pipeline`) call the
 same functions, through :func:`~misalign.build.session.run_with_models` for models and the call cache. Prompts
-sent to models are the versioned templates ``classify_v1``, ``expand_v1``, ``respond_v1`` and ``check_v1``.
+sent to models are the versioned templates ``classify_v2`` (``classify_v1`` still loads by name), ``expand_v1``,
+``respond_v1`` and ``check_v1``.
 """

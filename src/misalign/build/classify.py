@@ -1,21 +1,29 @@
 """Stage I step 1: give every prompt a probability per domain and assign those with p >= delta.
 
 A :class:`Classifier` turns prompts into classified prompts plus the failures it could not classify. Two
-implement it: :class:`ChatClassifier` (any chat model, asked once per prompt through the ``classify_v1``
-template for a JSON object of the domains that apply, validated against the taxonomy) and
-:class:`EmbeddedClassifier` (offline; :class:`misalign.build.embedded_classifier.DomainClassifier`).
-:func:`get_classifier` is the one place a classifier is chosen by model string.
+implement it: :class:`ChatClassifier` (any chat model, asked once per prompt through the ``classify_v2``
+template for a JSON object of the domains that apply, validated against the taxonomy; an invalid answer gets one
+repair message naming what was wrong) and :class:`EmbeddedClassifier` (offline;
+:class:`misalign.build.embedded_classifier.DomainClassifier`). :func:`get_classifier` is the one place a
+classifier is chosen by model string.
+
+Templates: ``classify_v2`` (the default) lists every domain by name with a short definition (its first clause,
+at most :data:`SHORT_WORDS` words): 38% of ``classify_v1``'s characters (1,598 SmolLM2 tokens against 3,943
+for the default taxonomy). ``classify_v1`` lists full definitions and stays loadable by name for old caches and
+builds. Both get both slots (``taxonomy``, ``taxonomy_short``) and use the one they name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from misalign.io.answers import json_objects
 from misalign.models import EMBEDDED, CallCache, GenerationParams, ModelPool, complete_many
-from misalign.models.base import ChatModel, Completion
+from misalign.models.base import ChatModel, Completion, Message
 from misalign.models.embedded import Encoder
 from misalign.records import Domains, Prompt
 from misalign.taxonomy import DIMENSIONS, Taxonomy
@@ -23,9 +31,18 @@ from misalign.templates import Template, load_template
 
 DELTA = 0.5
 """Domains with a probability of at least this are assigned."""
-TEMPLATE = "classify_v1"
-OnResult = Callable[[int, Completion], None]
-"""Called with a request's index and its completion as each answer is known (cache hits included)."""
+TEMPLATE = "classify_v2"
+"""The default classification template (``classify_v1``, with full definitions, stays loadable by name)."""
+SHORT_WORDS = 12
+"""The most words of a domain's definition that ``classify_v2`` shows."""
+_TRAILING_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "such", "the",
+                             "to", "with"})
+"""Little words a cut definition does not end on."""
+REPAIR_ERROR_CHARS = 300
+"""The longest validation error quoted in a repair message."""
+OnResult = Callable[[int, Completion | None], None]
+"""Called with a prompt's index and a completion as each answer is known (cache hits included): once per call,
+so twice for a prompt that got a repair message."""
 Probabilities = dict[str, dict[str, float]]
 """Dimension -> domain name -> probability, every domain of the taxonomy present."""
 
@@ -81,33 +98,87 @@ class EmbeddedClassifier:
         self.encoder = Encoder(encoder) if isinstance(encoder, str) else encoder
         self._domain_classifier: Any = None
 
-    def probabilities(self, texts: Sequence[str]) -> list[Probabilities]:
-        """One full probability vector per text (6 decimals); the heads are trained or loaded on first use."""
+    def _heads(self) -> Any:
         from misalign.build.embedded_classifier import DomainClassifier
 
         if self._domain_classifier is None:
             self._domain_classifier = DomainClassifier(self.encoder, self.taxonomy)
-        probs = self._domain_classifier.predict_proba(texts)
+        return self._domain_classifier
+
+    def probabilities(self, texts: Sequence[str]) -> list[Probabilities]:
+        """One full probability vector per text (6 decimals); the heads are trained or loaded on first use."""
+        probs = self._heads().predict_proba(texts)
         names = {dim: self.taxonomy.names(dim) for dim in DIMENSIONS}
         return [{dim: {n: round(float(v), 6) for n, v in zip(names[dim], probs[dim][i], strict=True)}
                  for dim in DIMENSIONS} for i in range(len(texts))]
 
     async def classify(self, prompts: Sequence[Prompt], *, cache: CallCache | None = None,
                        on_result: OnResult | None = None) -> Classification:
-        vectors = self.probabilities([p.prompt for p in prompts])
+        texts = [p.prompt for p in prompts]
+        self._embed_in_chunks(texts, on_result)
+        vectors = self.probabilities(texts)
         return Classification([p.model_copy(update={"probabilities": vec, "domains": assign(vec, self.delta)})
                                for p, vec in zip(prompts, vectors, strict=True)])
+
+
+    def _embed_in_chunks(self, texts: list[str], on_result: OnResult | None, chunk: int = 256) -> None:
+        """Embed the distinct new texts, shortest first, ``chunk`` at a time (one encoder call each, so a pool
+        of any size shows progress), telling ``on_result`` about each prompt whose text is done."""
+        self._heads()  # exemplars and definitions first
+        on_result = on_result or (lambda _i, _c: None)
+        where: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            where.setdefault(t, []).append(i)
+        todo = sorted((t for t in where if t not in self.encoder.memo), key=len)
+        for t in (t for t in where if t in self.encoder.memo):
+            for i in where[t]:
+                on_result(i, None)
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            self.encoder.embed(part)
+            for t in part:
+                for i in where[t]:
+                    on_result(i, None)
 
 
 # -- chat models -----------------------------------------------------------------------------------------
 
 def chat_messages(prompt: str, taxonomy: Taxonomy, template: str = TEMPLATE) -> list[dict[str, str]]:
-    """One request per prompt carrying the whole taxonomy with definitions."""
-    lines = []
+    """One request per prompt carrying the whole taxonomy (short definitions in v2, full ones in v1)."""
+    return load_template(template).messages(prompt=prompt, **taxonomy_slots(taxonomy))
+
+
+@lru_cache(maxsize=8)
+def taxonomy_slots(taxonomy: Taxonomy) -> dict[str, str]:
+    """The taxonomy as template slots: ``taxonomy`` (full definitions) and ``taxonomy_short`` (short ones)."""
+    full: list[str] = []
+    short: list[str] = []
     for dim in DIMENSIONS:
-        lines.append(f"## {dim}")
-        lines += [f"- {d.name}: {d.definition}" for d in taxonomy.dimension(dim)]
-    return load_template(template).messages(taxonomy="\n".join(lines), prompt=prompt)
+        full.append(f"## {dim}")
+        short.append(f"## {dim}")
+        for d in taxonomy.dimension(dim):
+            full.append(f"- {d.name}: {d.definition}")
+            short.append(f"- {d.name}: {short_definition(d.definition)}")
+    return {"taxonomy": "\n".join(full), "taxonomy_short": "\n".join(short)}
+
+
+def short_definition(definition: str, max_words: int = SHORT_WORDS) -> str:
+    """A definition's first clause (up to the first ``:``, ``;`` or sentence end), at most ``max_words`` words.
+
+    A clause that is still too long is cut at its last comma within the limit ("Fairs, bazaars, night markets,
+    street markets"), or, with no comma there, at the limit less any trailing little word ("or", "of", ...).
+    """
+    clause = re.split(r"[:;]|\.(?:\s|$)", definition.strip(), maxsplit=1)[0].strip()
+    words = clause.split()
+    if len(words) <= max_words:
+        return clause
+    cut = " ".join(words[:max_words]).rstrip(",")
+    if "," in cut:
+        return cut[: cut.rfind(",")]
+    kept = cut.split()
+    while len(kept) > 1 and kept[-1].casefold() in _TRAILING_WORDS:
+        kept.pop()
+    return " ".join(kept)
 
 
 def parse_chat_answer(text: str, taxonomy: Taxonomy) -> Probabilities:
@@ -140,7 +211,8 @@ def _dimension_vector(given: Any, dim: str, taxonomy: Taxonomy) -> dict[str, flo
 
 
 class ChatClassifier:
-    """A chat model asked once per prompt; an invalid answer is asked once more, then recorded as a failure."""
+    """A chat model asked once per prompt. An invalid answer gets one repair message (the conversation goes on
+    with the answer and the validation error); a failed call gets none. What is still invalid is a failure."""
 
     PARAMS = GenerationParams(temperature=0.0, max_tokens=400, response_format={"type": "json_object"})
 
@@ -150,6 +222,8 @@ class ChatClassifier:
         self.name = model.name
         self.template_name = template
         self.template = load_template(template)
+        # a template without a repair message of its own (classify_v1, a user's) borrows the default's
+        self.repair_template = self.template if "repair" in self.template.sections else load_template(TEMPLATE)
 
     async def classify(self, prompts: Sequence[Prompt], *, cache: CallCache | None = None,
                        on_result: OnResult | None = None) -> Classification:
@@ -160,31 +234,59 @@ class ChatClassifier:
         failures = [{"id": prompts[i].id, "reason": r, "raw": raw} for i, (r, raw) in sorted(errors.items())]
         return Classification(out, failures)
 
+    def repair_messages(self, asked: list[Message], answer: str, error: str) -> list[Message]:
+        """The conversation continued: the invalid ``answer`` as the assistant's turn, then what was wrong."""
+        if len(error) > REPAIR_ERROR_CHARS:
+            error = error[: REPAIR_ERROR_CHARS - 3] + "..."
+        return [*asked, {"role": "assistant", "content": answer},
+                {"role": "user", "content": self.repair_template.render("repair", error=error)}]
+
     async def _ask(self, prompts: Sequence[Prompt], cache: CallCache | None, on_result: OnResult | None
                    ) -> tuple[dict[int, Probabilities], dict[int, tuple[str, str]]]:
-        """Parsed answers and (reason, raw text) of the failures, by prompt index; invalid answers asked twice."""
+        """Parsed answers and (reason, raw text) of the failures, by prompt index.
+
+        Round one asks every prompt; round two sends the repair conversation of each valid call with an invalid
+        answer (a failed call is not repaired: the server, not the answer, was the problem). A repair request
+        has more messages, so it is cached under its own key and a re-run asks nothing again.
+        """
         answers: dict[int, Probabilities] = {}
         errors: dict[int, tuple[str, str]] = {}
-        todo = list(range(len(prompts)))
-        for attempt in range(2):  # the attempt is part of the cache key, so the retry is a fresh call
-            requests = [(chat_messages(prompts[i].prompt, self.taxonomy, self.template_name), self.PARAMS, attempt)
-                        for i in todo]
-            completions = await complete_many(self.model, requests, cache=cache, on_result=on_result)
-            retry = []
+        asked = {i: chat_messages(p.prompt, self.taxonomy, self.template_name) for i, p in enumerate(prompts)}
+        for repair_round in (False, True):
+            todo = list(asked)
+            completions = await complete_many(self.model, [(asked[i], self.PARAMS, 0) for i in todo], cache=cache,
+                                              on_result=_by_prompt(on_result, todo))
+            repairs: dict[int, list[Message]] = {}
             for i, c in zip(todo, completions, strict=True):
-                if c.error:
-                    errors[i] = (f"call failed: {c.error}", c.text)
-                    continue
-                try:
-                    answers[i] = parse_chat_answer(c.text, self.taxonomy)
+                parsed, why = self._read(c)
+                if parsed is not None:
+                    answers[i] = parsed
                     errors.pop(i, None)
-                except ValueError as exc:
-                    errors[i] = (str(exc), c.text)
-                    retry.append(i)
-            todo = retry
-            if not todo:
+                    continue
+                raw = c.text or errors.get(i, ("", ""))[1]  # a failed repair call keeps the answer it repairs
+                errors[i] = (f"{why} (after a repair message)" if repair_round else why, raw)
+                if c.ok and not repair_round:
+                    repairs[i] = self.repair_messages(asked[i], c.text, why)
+            asked = repairs
+            if not asked:
                 break
         return answers, errors
+
+    def _read(self, completion: Completion) -> tuple[Probabilities | None, str]:
+        """The answer's probabilities, or None and why it has none (the call failed, or the answer is invalid)."""
+        if completion.error:
+            return None, f"call failed: {completion.error}"
+        try:
+            return parse_chat_answer(completion.text, self.taxonomy), ""
+        except ValueError as exc:
+            return None, str(exc)
+
+
+def _by_prompt(on_result: OnResult | None, todo: list[int]) -> OnResult | None:
+    """``on_result`` called with the prompt's index instead of the index of the request within its round."""
+    if on_result is None:
+        return None
+    return lambda j, completion: on_result(todo[j], completion)
 
 
 def micro_f1(gold: Sequence[Domains], pred: Sequence[Domains], dim: str) -> dict[str, float]:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 from misalign.build.classify import Classifier, get_classifier
 from misalign.build.dedup import dedup_prompts
@@ -48,9 +48,8 @@ from misalign.build.session import run_with_models
 from misalign.build.split import split_items
 from misalign.errors import ConfigError
 from misalign.io import load_prompts, write_dataset, write_prompts, write_rows
-from misalign.models import CallCache, Endpoint, ModelPool
+from misalign.models import CallCache, Endpoint, ModelPool, parse_base_urls, redact_base_urls
 from misalign.records import SPLITS, Item, Prompt
-from misalign.redact import redact_url
 from misalign.taxonomy import Taxonomy
 from misalign.templates import load_template
 
@@ -85,11 +84,15 @@ class BuildConfig(BaseModel):
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 512
-    base_urls: list[str] = Field(default_factory=list, description="OpenAI-compatible servers.")
+    base_urls: list[str] | dict[str, str | list[str]] = Field(
+        default_factory=list, description="OpenAI-compatible servers: a list of URL (every model) and MODEL=URL "
+        "(one model's) items, or a table model -> URL or list of URLs ('*': every other model).")
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = Field(32, ge=1)
     timeout: float = Field(120.0, gt=0, description="Seconds one request attempt may take.")
     max_retries: int = Field(5, ge=0, description="Retries of a failed request before it counts as failed.")
+    connect_wait: float = Field(120.0, ge=0, description="Seconds to keep trying servers that refuse connections "
+                                "(a restart) before a request counts as failed.")
     limit: int | None = Field(None, ge=1, description="Only the first N prompts.")
 
     @classmethod
@@ -116,11 +119,21 @@ class BuildConfig(BaseModel):
             err = exc.errors()[0]
             raise ValueError(f"{path}: key {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
 
+    @field_validator("base_urls")
+    @classmethod
+    def _check_base_urls(cls, urls: list[str] | dict[str, str | list[str]]) -> list[str] | dict[str, str | list[str]]:
+        parse_base_urls(urls)  # a ConfigError (a ValueError) names the bad item
+        return urls
+
+    @field_serializer("base_urls")
+    def _redact_base_urls(self, urls: list[str] | dict[str, str | list[str]]) -> list[str] | dict[str, object]:
+        return redact_base_urls(urls)  # dumps (the manifest) never carry credentials
+
     @property
     def endpoint(self) -> Endpoint:
-        """How to reach the chat models."""
-        return Endpoint(base_urls=list(self.base_urls), api_key_env=self.api_key_env,
-                        max_concurrency=self.max_concurrency, timeout=self.timeout, max_retries=self.max_retries)
+        """How to reach the chat models (each model on its own servers where ``base_urls`` names them)."""
+        return Endpoint.with_urls(self.base_urls, api_key_env=self.api_key_env, max_concurrency=self.max_concurrency,
+                                  timeout=self.timeout, max_retries=self.max_retries, connect_wait=self.connect_wait)
 
     @property
     def sampling(self) -> Sampling:
@@ -238,9 +251,10 @@ async def _classify(b: _Build) -> list[Prompt]:
     """Step 1: classify the (first ``limit``) input prompts; write the count table before generation."""
     path = b.out / CLASSIFIED
     classifier = b.classifier()
-    if classifier.template is not None:
-        b.templates["classify"] = classifier.template.ref
-    key = b.steps.key([b.cfg.input], b.settings(*CLASSIFY_SETTINGS))
+    settings = b.settings(*CLASSIFY_SETTINGS)
+    if classifier.template is not None:  # a chat classifier: a new template version classifies again
+        b.templates["classify"] = settings["template"] = classifier.template.ref
+    key = b.steps.key([b.cfg.input], settings)
     if b.steps.fresh("classify", key, [path]):
         b.say("classify: up to date")
     else:
@@ -260,7 +274,8 @@ async def _expand(b: _Build, classified: list[Prompt]) -> list[Prompt]:
     """Step 2: new prompts for domains below the target (re-classified by the build's classifier)."""
     path = b.out / EXPANDED
     generator = b.cfg.expansion_generator
-    key = b.steps.key([b.out / CLASSIFIED], b.settings(*EXPAND_SETTINGS))
+    key = b.steps.key([b.out / CLASSIFIED], {**b.settings(*EXPAND_SETTINGS),
+                                              "template": load_template(EXPAND_TEMPLATE).ref})
     skip = ("target_per_domain is 0" if not b.cfg.target_per_domain
             else "no generator given" if generator is None else None)
     if skip:
@@ -341,7 +356,6 @@ def _manifest(b: _Build, report: FilterReport | None, items: list[Item] | None,
               prompts: dict[str, int]) -> dict[str, Any]:
     """What the build did: config (without credentials in URLs), templates, skipped steps and counts."""
     config = b.cfg.model_dump(mode="json")
-    config["base_urls"] = [redact_url(u) for u in b.cfg.base_urls]
     manifest: dict[str, Any] = {"config": config, "taxonomy": b.taxonomy.version, "templates": b.templates,
                                 "skipped": b.skipped}
     if report is not None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 app = typer.Typer(help="Mis-Align Bench: is a model misaligned when safety, values and culture must hold together?",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None, context_settings={"max_content_width": 120})
 data_app = typer.Typer(help="Inspect, export and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -26,22 +27,26 @@ LabelMapOpt = Annotated[list[str] | None, typer.Option("--label-map", help="Also
                         "misaligned=1,unsafe. Default: only aligned/misaligned.")]
 TaxOpt = Annotated[list[Path] | None, typer.Option("--taxonomy", help="Taxonomy TOML file or folder (repeatable).")]
 BaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible server URL (repeatable: "
-                       "requests spread over them).")]
+                       "requests spread over them), or MODEL=URL for one model's servers (MODEL as in --model, or "
+                       "the name after openai/).")]
 KeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key ('none' for no key).")]
 ConcurrencyOpt = Annotated[int, typer.Option(min=1, help="Requests in flight per model.")]
 RpmOpt = Annotated[float | None, typer.Option(help="Requests-per-minute limit per model.")]
 TimeoutOpt = Annotated[float, typer.Option(min=0.1, help="Seconds one request attempt may take.")]
 RetriesOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed request (429, 5xx, timeouts, broken "
                                          "answers) before it counts as failed.")]
+ConnectWaitOpt = Annotated[float, typer.Option(min=0, help="Seconds to keep trying a server that refuses connections "
+                                               "(a restart) before the request counts as failed.")]
 
 
 def endpoint_of(base_url: list[str] | None, api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 32,
-                rpm: float | None = None, timeout: float = 120.0, max_retries: int = 5):
-    """The :class:`~misalign.models.Endpoint` the shared endpoint options describe."""
+                rpm: float | None = None, timeout: float = 120.0, max_retries: int = 5, connect_wait: float = 120.0):
+    """The :class:`~misalign.models.Endpoint` the shared endpoint options describe (``--base-url`` items may be
+    ``MODEL=URL``); a malformed item is a :class:`~misalign.errors.ConfigError`."""
     from misalign.models import Endpoint
 
-    return Endpoint(base_urls=list(base_url or []), api_key_env=api_key_env, max_concurrency=max_concurrency, rpm=rpm,
-                    timeout=timeout, max_retries=max_retries)
+    return Endpoint.with_urls(base_url, api_key_env=api_key_env, max_concurrency=max_concurrency, rpm=rpm,
+                              timeout=timeout, max_retries=max_retries, connect_wait=connect_wait)
 
 
 def error(exc: object) -> None:
@@ -57,7 +62,9 @@ def main() -> None:
     from misalign.errors import MisalignError
 
     try:
-        app()
+        command = typer.main.get_command(app)
+        _name_metavars(command)
+        command(prog_name="misalign")
     except MisalignError as exc:
         error(exc)
         sys.exit(2)
@@ -68,6 +75,15 @@ def main() -> None:
         if exc.code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
             err_console.print("interrupted; re-run the same command to resume (finished calls are cached)")
         raise
+
+
+def _name_metavars(command: Any) -> None:
+    """Options show ``--model MODEL`` in help instead of a Python type such as ``<list[str]>``."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "opts", None) and param.metavar is None and not getattr(param, "is_flag", False):
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _name_metavars(sub)
 
 
 def load_taxonomy(paths: list[Path] | None):

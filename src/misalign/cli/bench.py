@@ -11,6 +11,7 @@ from rich.table import Table
 from misalign.cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
+    ConnectWaitOpt,
     KeyEnvOpt,
     LabelMapOpt,
     MapOpt,
@@ -23,6 +24,7 @@ from misalign.cli import (
     app,
     console,
     endpoint_of,
+    err_console,
     error,
     load_data,
     load_taxonomy,
@@ -55,6 +57,7 @@ def eval_cmd(
     rpm: RpmOpt = None,
     timeout: TimeoutOpt = 120.0,
     max_retries: RetriesOpt = 5,
+    connect_wait: ConnectWaitOpt = 120.0,
     max_failed: Annotated[float, typer.Option(min=0, max=1, help="Share of failed calls above which the run is an "
                                               "error (exit 2; its files are still written).")] = 0.5,
     wait: Annotated[bool, typer.Option(help="If another run holds the run directory, wait for it instead of "
@@ -83,7 +86,7 @@ def eval_cmd(
         ds.records = ds.records[:limit]
     console.print(f"[bold]{ds.source}[/] split={ds.split if ds.splits_present else 'all (no splits)'} "
                   f"items={len(ds)} runs={runs} seed={seed}; unparseable answers count as {unparseable}")
-    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm, timeout, max_retries)
+    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm, timeout, max_retries, connect_wait)
     results: dict[str, Metrics] = {}
     for m in models:
         run_dir = out if len(models) == 1 else out / _slug(m)
@@ -102,7 +105,8 @@ def _run_with_progress(ds, cfg, run_dir: Path, endpoint, wait: bool) -> Metrics:
     """One model's run with a live progress bar (rate, time left, what the client waits on)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from misalign.bench.runner import evaluate
+    from misalign.bench.record import Manifest
+    from misalign.bench.runner import evaluate, notices
 
     with Progress(TextColumn(f"[bold]{cfg.model}[/]"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
@@ -114,7 +118,10 @@ def _run_with_progress(ds, cfg, run_dir: Path, endpoint, wait: bool) -> Metrics:
             bar.update(task, completed=done, total=total, status=status,
                        rate=f"{done / elapsed:,.1f}/s" if elapsed > 0 else "")
 
-        return evaluate(ds, cfg, run_dir, endpoint=endpoint, progress=progress, wait=wait)
+        metrics = evaluate(ds, cfg, run_dir, endpoint=endpoint, progress=progress, wait=wait)
+    for line in notices(Manifest.model_validate_json((run_dir / "manifest.json").read_text(encoding="utf-8"))):
+        err_console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
+    return metrics
 
 
 def _print_headline(results: dict[str, Metrics]) -> None:

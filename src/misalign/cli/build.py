@@ -11,6 +11,7 @@ import typer
 from misalign.cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
+    ConnectWaitOpt,
     KeyEnvOpt,
     MapOpt,
     RejectsOpt,
@@ -47,7 +48,7 @@ def classify(
     = "minilm",
     delta: Annotated[float, typer.Option(help="Assign domains with p >= delta.")] = 0.5,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
-    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
@@ -59,11 +60,21 @@ def classify(
 
     tax = load_taxonomy(taxonomy)
     prompts = _load_pool(input, tax, mapping, skip_bad, rejects)  # before any model loads: bad input fails fast
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
     classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder)
     cache_path = _cache_path(out, cache) if classifier.template is not None else None  # no model calls, no cache
-    with console.status(f"classifying {len(prompts)} prompts with {classifier.name}"):
-        result = run_with_models(lambda cc: classifier.classify(prompts, cache=cc), pool=pool, cache_path=cache_path)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"classifying with {classifier.name}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task, done = bar.add_task("classify", total=len(prompts)), set()
+
+        def tick(i: int, _answer: object) -> None:
+            done.add(i)  # a chat classifier may answer a prompt twice (a repair)
+            bar.update(task, completed=len(done))
+
+        result = run_with_models(lambda cc: classifier.classify(prompts, cache=cc, on_result=tick), pool=pool,
+                                 cache_path=cache_path)
     n = write_prompts(out, result.prompts)
     if result.failures:
         fail_path = out.with_name(out.name + ".failures.jsonl")
@@ -107,11 +118,12 @@ def _load_pool(input: Path, tax: Taxonomy, mapping: list[str] | None, skip_bad: 
 
 
 def _pool(base_url: list[str] | None, api_key_env: str, max_concurrency: int, timeout: float,
-          max_retries: int) -> ModelPool:
+          max_retries: int, connect_wait: float) -> ModelPool:
     """The models of one step command, reached through the endpoint its options describe."""
     from misalign.models import ModelPool
 
-    return ModelPool(endpoint_of(base_url, api_key_env, max_concurrency, timeout=timeout, max_retries=max_retries))
+    return ModelPool(endpoint_of(base_url, api_key_env, max_concurrency, timeout=timeout, max_retries=max_retries,
+                                 connect_wait=connect_wait))
 
 
 def _cache_path(out: Path, cache: Path | None) -> Path:
@@ -131,14 +143,15 @@ def expand(
     input: Annotated[Path, typer.Option("--input", "-i", help="Classified prompts (from `misalign classify`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The prompts plus the new ones.")],
     generator: Annotated[str, typer.Option(help="Chat model that writes new prompts.")],
-    target_per_domain: Annotated[int, typer.Option(min=1, help="Domains below this count are expanded.")] = 50,
+    target_per_domain: Annotated[int, typer.Option(min=1, help="Domains below this count are expanded (required, as "
+                                                    "in `misalign build`, where it is off unless given).")],
     max_new: Annotated[int, typer.Option(min=0, help="Budget of new prompts.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     delta: Annotated[float, typer.Option(help="Re-classification threshold.")] = 0.5,
     classifier: Annotated[str, typer.Option(help="Re-classifies new prompts: 'embedded' or a chat model.")]
     = "embedded",
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
-    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 2: new prompts for low-resource domains, kept only if re-classified into their domain."""
@@ -149,7 +162,7 @@ def expand(
 
     tax = load_taxonomy(taxonomy)
     prompts, _ = load_prompts(input, taxonomy=tax)
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
     writer = pool.get(generator)
     reclassifier = get_classifier(classifier, tax, pool=pool, delta=delta)
     expansion = run_with_models(
@@ -171,7 +184,7 @@ def respond(
     temperature: Annotated[float, typer.Option()] = 0.7,
     max_tokens: Annotated[int, typer.Option()] = 512,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
-    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 4: an aligned and a misaligned candidate response for every prompt."""
@@ -181,7 +194,7 @@ def respond(
     from misalign.io import load_prompts, write_rows
 
     prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy))
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
     generators = {g: pool.get(g) for g in generator}
     sampling = Sampling(seed=seed, temperature=temperature, max_tokens=max_tokens)
     cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc), pool=pool,
@@ -201,7 +214,7 @@ def filter_cmd(
     max_rounds: Annotated[int, typer.Option(min=0, help="Feedback-guided regeneration rounds.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
-    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None,
 ) -> None:
     """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
@@ -213,7 +226,7 @@ def filter_cmd(
     cands = [candidate_from_row(row) for _, row in read_rows(input)]
     if not cands:
         raise DataError(input, None, None, "no rows")
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
     generators = {g: pool.get(g) for g in generator}
     judge_model = pool.get(judge)
     items, report = run_with_models(
@@ -235,7 +248,8 @@ def build(
     = None,
     judge: Annotated[str | None, typer.Option(help="Judge for rejection sampling.")] = None,
     classifier: Annotated[str | None, typer.Option(help="'embedded' (default) or a chat model.")] = None,
-    target_per_domain: Annotated[int | None, typer.Option(help="Expand domains below this count.")] = None,
+    target_per_domain: Annotated[int | None, typer.Option(help="Expand domains below this count (default 0: no "
+                                                          "expansion, as `misalign expand` needs it given).")] = None,
     max_new: Annotated[int | None, typer.Option(help="Budget of new prompts.")] = None,
     tau: Annotated[int | None, typer.Option(help="SimHash near-duplicate distance.")] = None,
     max_rounds: Annotated[int | None, typer.Option(help="Feedback rounds in rejection sampling.")] = None,
@@ -247,6 +261,8 @@ def build(
     max_concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight per model.")] = None,
     timeout: Annotated[float | None, typer.Option(min=0.1, help="Seconds one request attempt may take.")] = None,
     max_retries: Annotated[int | None, typer.Option(min=0, help="Retries of a failed request.")] = None,
+    connect_wait: Annotated[float | None, typer.Option(min=0, help="Seconds to keep trying a server that refuses "
+                                                       "connections (a restart).")] = None,
     taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I end to end: classify, expand, dedup, respond, filter, split; resumes where it stopped."""
@@ -255,7 +271,8 @@ def build(
     flags = {"input": input, "out": out, "generators": generator, "judge": judge, "classifier": classifier,
              "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
              "seed": seed, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
-             "max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries}
+             "max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries,
+             "connect_wait": connect_wait}
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
     try:
         cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)

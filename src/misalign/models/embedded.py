@@ -94,7 +94,8 @@ class Encoder:
         self.max_seq_length = max_seq_length
         self.dim = 256 if name == "wordllama" else 384
         self._model: Any = None
-        self._memo: dict[str, np.ndarray] = {}
+        self.memo: dict[str, np.ndarray] = {}
+        """Every text embedded in this process, with its embedding."""
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self._model is None:
@@ -110,11 +111,11 @@ class Encoder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings, shape (n, dim). Each distinct text is encoded once per process."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        todo = list(dict.fromkeys(t for t in texts if t not in self.memo))
         if todo:
             # Sorted by length so each batch pads to similar lengths (encode() sorts too, but only per call).
             todo.sort(key=len)
-            self._memo.update(zip(todo, self._encode(todo), strict=True))
+            self.memo.update(zip(todo, self._encode(todo), strict=True))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._memo[t] for t in texts])
+        return np.stack([self.memo[t] for t in texts])

@@ -4,9 +4,15 @@ TGI, OpenAI and other hosted APIs), over one pooled aiohttp session.
 - Several base URLs are used together: requests go round-robin to the healthy ones; a server that refuses
   connections is benched for a cool-down and its request goes to another.
 - Retries with exponential backoff and full jitter on 429 (``Retry-After`` honoured), 5xx, timeouts and dropped
-  connections; other 4xx answers fail at once with the server's message.
-- ``/models`` is probed once before the first request: a wrong URL, a rejected key or an unknown model is a
-  :class:`ModelError` before any work is done.
+  connections; other 4xx answers fail at once with the server's message (``error.message`` or ``detail``).
+- Refused connections (a server restarting) do not use up those retries: when every server refuses, the request
+  waits with bounded back-off for up to ``connect_wait`` seconds in all.
+- The requests on the wire are bounded by an :class:`AdaptiveLimit`: ``max_concurrency`` at first, halved on a
+  timeout, 429 or 503, grown back by one after each streak of successes (so a server that answers one request
+  at a time is not buried in requests it will finish after their clients gave up).
+- ``/models`` is probed once on every server before the first request: a wrong URL, a rejected key or a server
+  that lists models but not this one is a :class:`ModelError` before any work is done (a server that lists no
+  model at all passes).
 - The API key is read from an environment variable and sent only in the ``Authorization`` header; it never
   appears in errors, logs or reprs.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import email.utils
 import ipaddress
@@ -22,7 +29,8 @@ import json
 import os
 import random
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from misalign.models.base import Completion, GenerationParams, Message, ModelError, TokenLogprob
@@ -30,7 +38,11 @@ from misalign.redact import redact_url
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+OVERLOAD_STATUS = {429, 503}
+"""Answers that say "fewer at once, please": they halve the requests in flight."""
 BENCH_SECONDS = 30.0
+CONNECT_BACKOFF = (0.25, 5.0)
+"""First and longest wait (seconds) between tries while every server refuses connections."""
 
 
 def _is_local(url: str) -> bool:
@@ -98,13 +110,115 @@ class RateLimiter:
             await asyncio.sleep(delay)
 
 
+class AdaptiveLimit:
+    """At most ``limit`` holders at once, the limit set by AIMD: ``maximum`` at first, halved (down to 1) by
+    :meth:`overloaded`, one more after each ``limit`` :meth:`succeeded` calls in a row (about one round of
+    requests). Waiters are let in first come, first served. ``async with limit:`` holds a place."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = self.maximum
+        self.active = 0
+        self._streak = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        """How many are waiting for a place."""
+        return sum(not f.done() for f in self._waiters)
+
+    async def acquire(self) -> None:
+        """Wait for a place and take it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wake()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # let in and cancelled at once: hand the place on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        """Give a place back."""
+        self.active -= 1
+        self._wake()
+
+    def overloaded(self) -> None:
+        """The server could not keep up (a timeout, 429, 503): halve the limit."""
+        self.limit = max(1, self.limit // 2)
+        self._streak = 0
+
+    def succeeded(self) -> None:
+        """A request succeeded: after ``limit`` in a row, allow one more at once."""
+        self._streak += 1
+        if self.limit < self.maximum and self._streak >= self.limit:
+            self.limit += 1
+            self._streak = 0
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.active < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.active += 1
+                fut.set_result(None)
+
+    async def __aenter__(self) -> AdaptiveLimit:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Why one attempt brought no completion, and what to do: ``retry`` (after back-off), ``refused`` (no server
+    took the connection), ``again`` (at once, the request changed) or ``fatal`` (no retry helps)."""
+
+    kind: Literal["retry", "refused", "again", "fatal"]
+    error: str
+    wait: float | None = None
+    """Seconds the server asked us to wait (``Retry-After``)."""
+
+
+class _Refusals:
+    """The wait while every server refuses connections: bounded back-off within a budget of ``budget`` seconds
+    from the first refusal."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.since: float | None = None
+        self.count = 0
+
+    def next_wait(self) -> float | None:
+        """Seconds to wait before the next try, or None when the budget is spent."""
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        left = self.since + self.budget - now
+        if left <= 0:
+            return None
+        first, cap = CONNECT_BACKOFF
+        delay = min(cap, first * 2**self.count) * random.uniform(0.5, 1.0)
+        self.count += 1
+        return min(delay, left)
+
+    def reset(self) -> None:
+        """A server answered: the next refusal starts a new budget."""
+        self.since, self.count = None, 0
+
+
 class OpenAIChatModel:
     """Chat completions over HTTP; see the module docstring for the behaviour."""
 
     def __init__(self, model: str, *, base_urls: list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
                  max_concurrency: int = 32, rpm: float | None = None, timeout: float = 120.0,
                  max_retries: int = 5, backoff_base: float = 0.5, backoff_cap: float = 30.0,
-                 probe: bool = True) -> None:
+                 connect_wait: float = 120.0, probe: bool = True) -> None:
         self.model = model
         self.name = f"openai/{model}"
         urls = list(base_urls or []) or [os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL)]
@@ -118,8 +232,11 @@ class OpenAIChatModel:
             raise ModelError(f"no API key: set the environment variable {api_key_env} (or pass --api-key-env "
                              f"naming the variable that holds it; 'none' for a server without keys)")
         self.max_concurrency = max_concurrency
+        self.gate = AdaptiveLimit(max_concurrency)
+        """The requests on the wire (adaptive; see :class:`AdaptiveLimit`)."""
         self.timeout = timeout
         self.max_retries = max_retries
+        self.connect_wait = connect_wait
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.limiter = RateLimiter(rpm) if rpm else None
         self._probe_wanted = probe
@@ -165,35 +282,44 @@ class OpenAIChatModel:
         return min(self.servers, key=lambda s: s.benched_until)  # all benched: the one back soonest
 
     async def _probe(self) -> None:
-        """GET /models on every server once: fail early on a wrong URL, a rejected key or an unknown model."""
+        """GET /models on every server once: fail early on a wrong URL, a rejected key or a server that lists
+        models but not this one."""
         import aiohttp
 
-        session = await self._http()
-        reachable, known, errors = 0, set(), []
+        reachable, errors = 0, []
         for s in self.servers:
             try:
-                async with session.get(s.endpoint("models"), headers=self._auth(s),
-                                       timeout=aiohttp.ClientTimeout(total=min(self.timeout, 20))) as r:
-                    body = await r.read()
-                    if r.status in (401, 403):
-                        raise ModelError(f"{s.url} rejected the API key from ${self.api_key_env} (HTTP {r.status})")
-                    if r.status == 404 and not s.url.endswith("/v1") and await self._serves_v1(s):
-                        raise ModelError(f"{s.url} has no /models but {s.url}/v1 does: OpenAI-compatible servers "
-                                         f"answer under /v1; use --base-url {s.url}/v1")
-                    reachable += 1
-                    if r.status == 200:
-                        with contextlib.suppress(ValueError, AttributeError, TypeError):
-                            known |= {m.get("id") for m in json.loads(body).get("data", [])}
-            except ModelError:
-                raise
+                listed = await self._listed(s)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 s.benched_until = time.monotonic() + BENCH_SECONDS
                 errors.append(f"{s.url}: {type(exc).__name__}: {exc}")
+                continue
+            reachable += 1
+            if listed and self.model not in listed:
+                names = ", ".join(sorted(str(k) for k in listed)[:20])
+                hint = " (give each model its own servers: --base-url MODEL=URL)" if len(self.servers) > 1 else ""
+                raise ModelError(f"unknown model {self.model!r} at {s.url}; it serves: {names}{hint}")
         if not reachable:
             raise ModelError("no endpoint reachable: " + "; ".join(errors))
-        if known and self.model not in known:
-            listed = ", ".join(sorted(str(k) for k in known)[:20])
-            raise ModelError(f"unknown model {self.model!r}; the endpoint serves: {listed}")
+
+    async def _listed(self, s: _Server) -> set[str]:
+        """The model ids server ``s`` lists under /models (empty when it lists none or the list is unreadable)."""
+        import aiohttp
+
+        session = await self._http()
+        async with session.get(s.endpoint("models"), headers=self._auth(s),
+                               timeout=aiohttp.ClientTimeout(total=min(self.timeout, 20))) as r:
+            body = await r.read()
+            if r.status in (401, 403):
+                raise ModelError(f"{s.url} rejected the API key from ${self.api_key_env} (HTTP {r.status})")
+            if r.status == 404 and not s.url.endswith("/v1") and await self._serves_v1(s):
+                raise ModelError(f"{s.url} has no /models but {s.url}/v1 does: OpenAI-compatible servers "
+                                 f"answer under /v1; use --base-url {s.url}/v1")
+            if r.status != 200:
+                return set()
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                return {str(m["id"]) for m in json.loads(body).get("data", []) if isinstance(m, dict) and m.get("id")}
+            return set()
 
     async def _serves_v1(self, s: _Server) -> bool:
         """Whether ``<url>/v1/models`` answers 200 (the user left out /v1)."""
@@ -215,10 +341,14 @@ class OpenAIChatModel:
         return {"Authorization": f"Basic {token}"}
 
     def status(self) -> str:
-        """What the client is waiting on right now, for a progress line ("" when nothing)."""
-        if not self._backing_off:
-            return ""
-        return f"{self._backing_off} retrying ({self._last_problem[:60]})"
+        """What the client is waiting on right now, for a progress line ("" when nothing): calls backing off
+        before a retry, and the in-flight limit while it is below the maximum and holds calls back."""
+        parts = []
+        if self._backing_off:
+            parts.append(f"{self._backing_off} retrying ({self._last_problem[:60]})")
+        if self.gate.limit < self.gate.maximum and self.gate.waiting:
+            parts.append(f"{self.gate.limit} of {self.gate.maximum} in flight (server overloaded)")
+        return "; ".join(parts)
 
     async def _ensure_probed(self) -> None:
         if not self._probe_wanted:
@@ -252,58 +382,88 @@ class OpenAIChatModel:
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
 
     async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
-        """One chat completion, with retries; a failure comes back as ``Completion(error=...)``."""
+        """One chat completion, with retries; a failure comes back as ``Completion(error=...)``.
+
+        Up to ``max_retries`` retries (429, 5xx, timeouts, dropped connections, broken answers); refused
+        connections do not count against them and are tried again for up to ``connect_wait`` seconds."""
+        await self._ensure_probed()
+        retries, refusals = 0, _Refusals(self.connect_wait)
+        while True:
+            out = await self._attempt(messages, params)
+            if isinstance(out, Completion):
+                return out
+            if out.kind == "again":
+                continue
+            if out.kind == "refused":
+                if any(s.healthy(time.monotonic()) for s in self.servers):
+                    continue  # straight to a healthy server, no back-off
+                delay = refusals.next_wait()
+                if delay is None:
+                    break
+            else:
+                refusals.reset()
+                if out.kind == "fatal" or retries >= self.max_retries:
+                    break
+                delay = min(self.backoff_cap, out.wait) if out.wait is not None else self._backoff(retries)
+                retries += 1
+            await self._pause(delay, out.error)
+        self.stats["failed"] += 1
+        return Completion(error=out.error)
+
+    async def _pause(self, seconds: float, problem: str) -> None:
+        """Wait ``seconds`` before a retry, shown by :meth:`status` with the ``problem`` that caused it."""
+        self.stats["retries"] += 1
+        self._backing_off += 1
+        self._last_problem = problem
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._backing_off -= 1
+
+    async def _attempt(self, messages: list[Message], params: GenerationParams) -> Completion | _Failed:
+        """One request, sent when the in-flight limit allows; a timeout halves that limit."""
         import aiohttp
 
-        await self._ensure_probed()
         session = await self._http()
-        timeout = self._timeout
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
+        async with self.gate:
             if self.limiter:
                 await self.limiter.wait()
             server = self._pick()
-            wait = None
             self.stats["requests"] += 1
             try:
                 async with session.post(server.endpoint("chat/completions"), json=self._payload(messages, params),
-                                        headers=self._auth(server), timeout=timeout) as r:
-                    body = await r.read()
-                    if r.status == 200:
-                        completion = _parse(body)
-                        if completion.ok:
-                            return completion
-                        last = completion.error or "malformed response"  # a broken 200: retried like a 5xx
-                        raise _Retry
-                    detail = _error_text(body)
-                    last = f"HTTP {r.status}: {detail}"
-                    if r.status == 400 and params.logprobs and not self._no_logprobs and "logprob" in detail.lower():
-                        self._no_logprobs = True  # the server cannot give them: ask again without
-                        continue
-                    if r.status not in RETRY_STATUS:
-                        break
-                    wait = _retry_after(r.headers.get("Retry-After"))
+                                        headers=self._auth(server), timeout=self._timeout) as r:
+                    return self._answer(r.status, r.headers.get("Retry-After"), await r.read(), params)
+            except aiohttp.ClientSSLError as exc:
+                return _Failed("retry", f"{type(exc).__name__}: {exc}")
             except aiohttp.ClientConnectorError as exc:
                 server.benched_until = time.monotonic() + BENCH_SECONDS
-                last = f"cannot connect to {server.url}: {exc.strerror or type(exc).__name__}"
-                if any(s.healthy(time.monotonic()) for s in self.servers):
-                    continue  # straight to a healthy server, no back-off
-            except _Retry:
-                pass
+                return _Failed("refused", f"cannot connect to {server.url}: {exc.strerror or type(exc).__name__}")
             except TimeoutError:
-                last = f"timed out after {self.timeout:g} s"
+                self.gate.overloaded()
+                return _Failed("retry", f"timed out after {self.timeout:g} s")
             except (aiohttp.ClientError, OSError, ValueError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if attempt < self.max_retries:
-                self.stats["retries"] += 1
-                self._backing_off += 1
-                self._last_problem = last
-                try:
-                    await asyncio.sleep(min(self.backoff_cap, wait) if wait is not None else self._backoff(attempt))
-                finally:
-                    self._backing_off -= 1
-        self.stats["failed"] += 1
-        return Completion(error=last)
+                return _Failed("retry", f"{type(exc).__name__}: {exc}")
+
+    def _answer(self, status: int, retry_after: str | None, body: bytes,
+                params: GenerationParams) -> Completion | _Failed:
+        """What one HTTP answer means: a completion, or how the request failed."""
+        if status == 200:
+            completion = _parse(body)
+            if completion.ok:
+                self.gate.succeeded()
+                return completion
+            return _Failed("retry", completion.error or "malformed response")  # a broken 200: retried like a 5xx
+        detail = _error_text(body)
+        last = f"HTTP {status}: {detail}"
+        if status == 400 and params.logprobs and not self._no_logprobs and "logprob" in detail.lower():
+            self._no_logprobs = True  # the server cannot give them: ask again without
+            return _Failed("again", last)
+        if status not in RETRY_STATUS:
+            return _Failed("fatal", last)
+        if status in OVERLOAD_STATUS:
+            self.gate.overloaded()
+        return _Failed("retry", last, _retry_after(retry_after))
 
     async def aclose(self) -> None:
         if self._probed is not None and not self._probed.done():
@@ -314,18 +474,15 @@ class OpenAIChatModel:
 
 
 def _error_text(body: bytes) -> str:
-    """The server's error message (JSON ``error.message`` where given), kept short."""
+    """The server's error message (JSON ``error.message``, or FastAPI's ``detail``, where given), kept short."""
     text = body.decode("utf-8", "replace")
     try:
-        err = json.loads(text).get("error")
+        data = json.loads(text)
+        err = data.get("error") or data.get("detail")
         text = err.get("message", str(err)) if isinstance(err, dict) else str(err or text)
     except (ValueError, AttributeError):
         pass
     return text.strip()[:300]
-
-
-class _Retry(Exception):
-    """A 200 whose body is not a usable completion: retried like a 5xx."""
 
 
 def _parse(body: bytes) -> Completion:

@@ -113,6 +113,22 @@ def _metric_cells(run: Run, scope: str, dim: str | None) -> str:
     return "".join(cells)
 
 
+def auroc_missing_reason(r: Run) -> str:
+    """Why a run has no AUROC, from what its endpoint returned."""
+    served = r.manifest.served
+    if served.get("answers") and not served.get("with_logprobs") and not served.get("with_confidence"):
+        return "no scores: the endpoint returned no log-probabilities and the judge stated no confidence"
+    return "no scores, or only one gold label in this scope"
+
+
+def _auroc_cell(r: Run, scope: str, dim: str | None) -> str:
+    """The threshold-free AUROC of a scope (from scores), or an empty cell saying why there is none."""
+    value = getattr(r.block(scope, dim), "auroc", None)
+    if value is None:
+        return f'<td class="missing sep" title="{e(auroc_missing_reason(r))}">—</td>'
+    return f'<td class="num sep">{num(value)}</td>'
+
+
 def _leaderboard_rows(r: Run) -> str:
     """One row group per run: a row per scope (overall, each dimension, all three); the run's own cells (rank,
     model, answer counts, dataset, date) span the group."""
@@ -125,7 +141,7 @@ def _leaderboard_rows(r: Run) -> str:
                 f'<td class="num" rowspan="{n}">{e(counts.failed)}</td>{dataset_cell(r, n)}'
                 f'<td class="num" rowspan="{n}">{created(r)}</td>') if k == 0 else ""
         rows.append(f'<tr class="scope-{e(scope)}">{first}<th scope="row">{e(label)}</th>'
-                    f'{_metric_cells(r, scope, dim)}{last}</tr>')
+                    f'{_metric_cells(r, scope, dim)}{_auroc_cell(r, scope, dim)}{last}</tr>')
     return f'<tbody>{"".join(rows)}</tbody>'
 
 
@@ -142,6 +158,8 @@ def leaderboard(runs: list[Run]) -> str:
         '<thead><tr><th rowspan="2" class="num" scope="col">#</th><th rowspan="2" scope="col">Model</th>'
         '<th rowspan="2" scope="col">Scope</th>'
         f'<th class="group" colspan="{len(METRICS)}" scope="colgroup">Metrics (%)</th>'
+        '<th rowspan="2" class="num sep" scope="col" title="Threshold-free: P(score of a misaligned response > score '
+        'of an aligned one), from log-probabilities or stated confidence">AUROC</th>'
         '<th class="group" colspan="2" scope="colgroup">Answers</th>'
         '<th rowspan="2" scope="col">Dataset</th><th rowspan="2" scope="col">Date</th></tr>'
         f'<tr>{head}<th class="num sep" scope="col">Unparseable</th><th class="num" scope="col">Failed</th></tr>'
