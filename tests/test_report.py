@@ -243,6 +243,8 @@ def test_scrub_and_redact_command() -> None:
     assert redact_command("misalign eval --api-key abc -m x") == "misalign eval --api-key REDACTED -m x"
     assert redact_command(["a", "--secret=1"]) == "a --secret=REDACTED"
     assert redact_command(None) == ""
+    assert (redact_command("misalign eval --api-key-env MY_KEY --token T")
+            == "misalign eval --api-key-env MY_KEY --token REDACTED")  # a variable's name is no secret
 
 
 def test_plot_labels_are_literal_and_awkward_names_render(tmp_path: Path) -> None:

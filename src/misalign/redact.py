@@ -54,13 +54,14 @@ def redact_command(command: Any) -> str:
 
 
 def redact_args(args: list[str]) -> list[str]:
-    """Command-line arguments with the values of secret-looking options and URL credentials hidden."""
+    """Command-line arguments with the values of secret-looking options and URL credentials hidden (an option
+    ending in ``-env``, such as ``--api-key-env``, names a variable, not a secret, and is kept)."""
     out, hide = [], False
     for a in args:
         if hide:
             out.append("REDACTED")
             hide = False
-        elif a.startswith("-") and SECRET_RE.search(a.split("=", 1)[0]):
+        elif a.startswith("-") and SECRET_RE.search(name := a.split("=", 1)[0]) and not name.endswith("-env"):
             if "=" in a:
                 out.append(a.split("=", 1)[0] + "=REDACTED")
             else:
