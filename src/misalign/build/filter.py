@@ -91,7 +91,8 @@ async def reject_sample(cands: list[Candidate], judge: ChatModel, generators: di
     """Check every candidate, regenerate rejected sides with the judge's feedback, keep the pairs that pass."""
     if judge.name in generators:
         raise ConfigError(f"the judge {judge.name!r} is also a generator: no model may judge its own output")
-    check_params = GenerationParams(temperature=0.0, max_tokens=300, seed=sampling.seed)
+    # The checks answer in a short JSON; a smaller cap given for the responses caps them too.
+    check_params = GenerationParams(temperature=0.0, max_tokens=min(300, sampling.max_tokens), seed=sampling.seed)
     sides = _Sides(pending={(i, k) for i in range(len(cands)) for k in KINDS})
     for rnd in range(max_rounds + 1):
         feedback = await _check_round(cands, judge, sides, check_params, rnd, cache, on_result)

@@ -39,6 +39,13 @@ ConnectWaitOpt = Annotated[float, typer.Option(min=0, help="Seconds to keep tryi
                                                "(a restart) before the request counts as failed.")]
 
 
+def max_tokens_option(default: str) -> Any:
+    """``--max-tokens N``: the most tokens a chat model may generate per call; ``default`` says what holds without
+    it."""
+    return typer.Option("--max-tokens", min=1, help=f"Most tokens a chat model may generate per call (default: "
+                        f"{default}).")
+
+
 def endpoint_of(base_url: list[str] | None, api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 32,
                 rpm: float | None = None, timeout: float = 120.0, max_retries: int = 5, connect_wait: float = 120.0):
     """The :class:`~misalign.models.Endpoint` the shared endpoint options describe (``--base-url`` items may be

@@ -28,6 +28,7 @@ from misalign.cli import (
     error,
     load_data,
     load_taxonomy,
+    max_tokens_option,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def eval_cmd(
                                        "refusing.")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     temperature: Annotated[float, typer.Option(help="Judge sampling temperature.")] = 0.0,
+    max_tokens: Annotated[int | None, max_tokens_option("256; recorded in the manifest")] = None,
     template: Annotated[str, typer.Option(help="Judge template: a bundled name or a file.")] = "judge_v1",
     unparseable: Annotated[str, typer.Option(help="Unparseable answers count as: aligned (not flagged, "
                            "default), misaligned (flagged), or exclude.")] = "aligned",
@@ -91,6 +93,7 @@ def eval_cmd(
     for m in models:
         run_dir = out if len(models) == 1 else out / _slug(m)
         cfg = EvalConfig(model=m, runs=runs, seed=seed, template=template, temperature=temperature,
+                         max_tokens=max_tokens or EvalConfig.max_tokens,
                          unparseable=unparseable)  # type: ignore[arg-type]
         results[m] = _run_with_progress(ds, cfg, run_dir, endpoint, wait)
         if report:

@@ -25,6 +25,7 @@ from misalign.cli import (
     err_console,
     error,
     load_taxonomy,
+    max_tokens_option,
     parse_mapping,
 )
 
@@ -47,13 +48,16 @@ def classify(
     encoder: Annotated[str, typer.Option(help="Embedded encoder: minilm (better) or wordllama (~50x faster).")]
     = "minilm",
     delta: Annotated[float, typer.Option(help="Assign domains with p >= delta.")] = 0.5,
+    max_tokens: Annotated[int | None, max_tokens_option("400, the classification template's")] = None,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 1: a probability for every domain of every prompt; domains with p >= delta assigned."""
-    from misalign.build.classify import get_classifier
+    from dataclasses import replace
+
+    from misalign.build.classify import ChatClassifier, get_classifier
     from misalign.build.session import run_with_models
     from misalign.io import write_prompts, write_rows
     from misalign.taxonomy import DIMENSIONS
@@ -62,6 +66,8 @@ def classify(
     prompts = _load_pool(input, tax, mapping, skip_bad, rejects)  # before any model loads: bad input fails fast
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
     classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder)
+    if max_tokens and isinstance(classifier, ChatClassifier):  # part of each request, so of its cache key
+        classifier.PARAMS = replace(classifier.PARAMS, max_tokens=max_tokens)
     cache_path = _cache_path(out, cache) if classifier.template is not None else None  # no model calls, no cache
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -181,8 +187,8 @@ def respond(
     out: Annotated[Path, typer.Option("--out", "-o", help="Candidates (JSONL): one aligned and one misaligned.")],
     generator: Annotated[list[str], typer.Option(help="Response generator (repeatable; balanced, seeded).")],
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    temperature: Annotated[float, typer.Option()] = 0.7,
-    max_tokens: Annotated[int, typer.Option()] = 512,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens a chat model may generate per call.")] = 512,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
@@ -213,6 +219,9 @@ def filter_cmd(
     generator: Annotated[list[str], typer.Option(help="Generators that regenerate rejected sides.")],
     max_rounds: Annotated[int, typer.Option(min=0, help="Feedback-guided regeneration rounds.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Most tokens a generator may write "
+                          "per regenerated response (default: 512); the judge's checks use 300, or this if "
+                          "smaller.")] = None,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     cache: CacheOpt = None,
@@ -229,9 +238,9 @@ def filter_cmd(
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
     generators = {g: pool.get(g) for g in generator}
     judge_model = pool.get(judge)
+    sampling = Sampling(seed=seed, max_tokens=max_tokens or Sampling.max_tokens)
     items, report = run_with_models(
-        lambda cc: reject_sample(cands, judge_model, generators, max_rounds=max_rounds, sampling=Sampling(seed=seed),
-                                 cache=cc),
+        lambda cc: reject_sample(cands, judge_model, generators, max_rounds=max_rounds, sampling=sampling, cache=cc),
         pool=pool, cache_path=_cache_path(out, cache))
     write_dataset(out, items)
     _write_report(out, report)
@@ -254,6 +263,9 @@ def build(
     tau: Annotated[int | None, typer.Option(help="SimHash near-duplicate distance.")] = None,
     max_rounds: Annotated[int | None, typer.Option(help="Feedback rounds in rejection sampling.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Most tokens a generator may write "
+                          "per candidate response (default: 512); the judge's checks use 300, or this if "
+                          "smaller.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N prompts.")] = None,
     base_url: BaseUrlOpt = None,
     api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key ('none' for "
@@ -270,7 +282,7 @@ def build(
 
     flags = {"input": input, "out": out, "generators": generator, "judge": judge, "classifier": classifier,
              "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
-             "seed": seed, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
+             "seed": seed, "max_tokens": max_tokens, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
              "max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries,
              "connect_wait": connect_wait}
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
