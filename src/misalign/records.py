@@ -15,7 +15,15 @@ from misalign.taxonomy import DIMENSIONS
 Label = Literal["aligned", "misaligned"]
 Split = Literal["train", "validation", "test"]
 VerdictLabel = Literal["aligned", "misaligned", "unparseable"]
+SemanticType = Literal["object", "attribute", "relation"]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SEMANTIC_TYPES: tuple[str, ...] = ("object", "attribute", "relation")
+"""MisAlign-Profile's semantic types: where the misalignment lies (see :data:`SEMANTIC_TYPE_HELP`)."""
+SEMANTIC_TYPE_HELP = (
+    "MisAlign-Profile semantic type: object (the misalignment lies in what is produced or done), attribute "
+    "(in a property attributed to a person, group or thing) or relation (in how people, groups or acts "
+    "relate: power, roles, obligations); None when not assigned."
+)
 
 
 class Domains(BaseModel):
@@ -49,7 +57,7 @@ class _Record(BaseModel):
 
 
 class Prompt(_Record):
-    """A Stage I prompt; later steps add domains, probabilities, a SimHash and a duplicate mark."""
+    """A Stage I prompt; later steps add domains, probabilities, a SimHash, a duplicate mark and a semantic type."""
 
     domains: Domains | None = Field(default=None, description="Assigned domains (p >= delta).")
     probabilities: dict[str, dict[str, float]] | None = Field(
@@ -58,6 +66,7 @@ class Prompt(_Record):
     simhash: int | None = Field(default=None, ge=0, lt=2**64, description="64-bit SimHash fingerprint.")
     duplicate_of: str | None = Field(default=None, description="Id of the kept near-duplicate.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="Where the prompt came from.")
+    semantic_type: SemanticType | None = Field(default=None, description=SEMANTIC_TYPE_HELP)
 
 
 class Item(_Record):
@@ -68,6 +77,7 @@ class Item(_Record):
     domains: Domains = Field(default_factory=Domains, description="Domains at stake, per dimension.")
     split: Split | None = Field(default=None, description="train, validation or test.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="Source, generator, judge verdicts.")
+    semantic_type: SemanticType | None = Field(default=None, description=SEMANTIC_TYPE_HELP)
 
 
 class LabelledResponse(_Record):

@@ -151,6 +151,7 @@ def _item(c: Candidate) -> Item:
     return Item(
         id=c.prompt.id, prompt=c.prompt.prompt, aligned_response=c.texts["aligned"] or "",
         misaligned_response=c.texts["misaligned"] or "", domains=c.prompt.domains or Domains(), meta=c.prompt.meta,
+        semantic_type=c.prompt.semantic_type,
         provenance={**c.prompt.provenance, "generator": c.generator, "rounds": c.rounds,
                     "judge_verdicts": c.verdicts, "probabilities": c.prompt.probabilities,
                     "simhash": c.prompt.simhash})

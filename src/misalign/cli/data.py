@@ -50,7 +50,7 @@ def data_inspect(
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
     label_map: LabelMapOpt = None,
 ) -> None:
-    """Counts per split, per dimension and per domain."""
+    """Counts per split, per dimension, per semantic type and per domain."""
     from misalign.io.summary import summarize
 
     tax = load_taxonomy(taxonomy)
@@ -60,13 +60,15 @@ def data_inspect(
         return
     console.print(f"[bold]{summary['source']}[/]  shape={summary['shape']}  items={summary['items']}  "
                   f"sha256={summary['sha256'][:12]}  all three dimensions={summary['all_three']}")
-    head = Table(title="Items per split and dimension")
+    head = Table(title="Items per split, dimension and type")
     for col in ("split", "items"):
         head.add_column(col)
     for k, v in summary["per_split"].items():
         head.add_row(k, str(v))
     for k, v in summary["per_dimension"].items():
         head.add_row(f"[dim]dimension[/] {k}", str(v))
+    for k, v in summary["per_semantic_type"].items():
+        head.add_row(f"[dim]semantic type[/] {k}", str(v))
     console.print(head)
     per_domain = summary["per_domain"]
     table = Table(title="Items per domain")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from misalign.io.formats import DataError, column_types, detect_format, iter_rows, write_rows
 from misalign.io.labels import DEFAULT_LABELS, LabelWords, unknown_label_message
-from misalign.records import Domains, Item, LabelledResponse, Prompt
+from misalign.records import SEMANTIC_TYPES, Domains, Item, LabelledResponse, Prompt
 from misalign.taxonomy import DIMENSIONS, NO_DOMAIN_LABELS, Taxonomy
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "bundled"
@@ -45,6 +45,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "response": ("response", "answer", "output", "completion"),
     "label": ("label", "gold", "gold_label", "target"),
     "split": ("split", "subset", "partition"),
+    "semantic_type": ("semantic_type",),  # also "semantic-type", "Semantic Type": names are normalised
     "safety": ("safety", "safety_domain", "safety_domains", "safety_label", "safety_labels", "safety_category"),
     "value": ("value", "value_domain", "value_domains", "value_label", "value_labels", "values", "human_value"),
     "cultural": ("cultural", "cultural_domain", "cultural_domains", "cultural_label", "cultural_labels",
@@ -133,12 +134,27 @@ def write_dataset(path: str | Path, records: Iterable[Record]) -> int:
 
 
 def record_to_row(record: Record, *, flat: bool = False) -> dict[str, Any]:
-    """Our schema as a plain dict; ``flat`` encodes free-form objects as JSON text (CSV, Parquet)."""
-    row = record.model_dump(mode="json")
+    """Our schema as a plain dict; ``flat`` encodes free-form objects as JSON text (CSV, Parquet).
+
+    ``semantic_type`` is written only when set, so records without one keep the bytes they had before it existed.
+    """
+    row = _drop_unset(record.model_dump(mode="json"))
     if flat:
         for key in ("meta", "provenance", "domains"):
             if key in row:
                 row[key] = json.dumps(row[key], ensure_ascii=False, sort_keys=True)
+    return row
+
+
+_OMIT_UNSET = ("semantic_type",)
+"""Fields added after files of our schema were already written: left out of a row while unset (None), so a
+record without them is written exactly as before (no new null key, column or byte)."""
+
+
+def _drop_unset(row: dict[str, Any]) -> dict[str, Any]:
+    for key in _OMIT_UNSET:
+        if row.get(key, "") is None:
+            del row[key]
     return row
 
 
@@ -352,9 +368,10 @@ def _paired(src: _Source, line: int, row: dict[str, Any]) -> Record:
     """A row of our schema or the savacu layout: a prompt with aligned and misaligned responses."""
     used: set[str] = set()
     fields = {n: _text(src, line, row, n, used) for n in ("prompt", "aligned_response", "misaligned_response")}
+    kind = _semantic_type(src, line, row, used)
     base = _common(src, line, row, used)
     prov = _json_obj(src.path, line, "provenance", row.get("provenance"))
-    return _validate(src.path, line, Item, {**base, **fields, "provenance": prov})
+    return _validate(src.path, line, Item, {**base, **fields, "provenance": prov, "semantic_type": kind})
 
 
 def _labelled(src: _Source, line: int, row: dict[str, Any]) -> Record:
@@ -386,11 +403,13 @@ def _hh(src: _Source, line: int, row: dict[str, Any]) -> Record:
     cols = {_norm(k): k for k in row}
     prompt, aligned = _last_turn(src, line, cols["chosen"], row.get(cols["chosen"]))
     other_prompt, misaligned = _last_turn(src, line, cols["rejected"], row.get(cols["rejected"]))
-    base = _common(src, line, row, {cols["chosen"], cols["rejected"]})
+    used = {cols["chosen"], cols["rejected"]}
+    kind = _semantic_type(src, line, row, used)
+    base = _common(src, line, row, used)
     if prompt != other_prompt:
         base["meta"]["rejected_context"] = other_prompt
     return _validate(src.path, line, Item, {**base, "prompt": prompt, "aligned_response": aligned,
-                                             "misaligned_response": misaligned,
+                                             "misaligned_response": misaligned, "semantic_type": kind,
                                              "provenance": {"source": "hh-rlhf", "file": src.path.name, "line": line}})
 
 
@@ -423,7 +442,8 @@ class _ItemFiles:
         return partial(_item, self.source(path), file_shape, self.ids)
 
 
-_PROMPT_FIELDS = {"id", "prompt", "domains", "probabilities", "simhash", "duplicate_of", "provenance", "meta"}
+_PROMPT_FIELDS = {"id", "prompt", "domains", "probabilities", "simhash", "duplicate_of", "provenance", "meta",
+                  "semantic_type"}
 
 
 def _prompt(src: _Source, ids: _Ids, line: int, row: dict[str, Any]) -> Prompt:
@@ -435,9 +455,10 @@ def _prompt(src: _Source, ids: _Ids, line: int, row: dict[str, Any]) -> Prompt:
     used.add(id_col or "id")
     has_domains = "domains" in row or any(_find(row, d) for d in DIMENSIONS)
     domains = _domains(src.path, line, row, src.taxonomy, used) if has_domains else None
+    kind = _semantic_type(src, line, row, used)
     meta = _json_obj(src.path, line, "meta", row.get("meta"))
     meta.update({k: v for k, v in row.items() if k not in used and k not in _PROMPT_FIELDS})
-    data = {"id": pid, "prompt": text, "domains": domains, "meta": meta,
+    data = {"id": pid, "prompt": text, "domains": domains, "meta": meta, "semantic_type": kind,
             "provenance": _json_obj(src.path, line, "provenance", row.get("provenance"))}
     for key in ("probabilities", "simhash", "duplicate_of"):
         value = row.get(key)
@@ -531,6 +552,27 @@ def _split_labels(text: str, dim: str, taxonomy: Taxonomy) -> list[str]:
     return [p for p in out if p]
 
 
+def _semantic_type(src: _Source, line: int, row: dict[str, Any], used: set[str]) -> str | None:
+    """The row's semantic type (``object``, ``attribute``, ``relation``; any case), or None when it has no
+    ``semantic_type`` column or the cell is empty or a no-label word (``None``, ``Unknown``, ...)."""
+    col = _find(row, "semantic_type")
+    if col is None:
+        return None
+    used.add(col)
+    value = row[col]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(src.path, line, col, f"expected text, got {src.type_of(col, value)}")
+    text = value.strip().casefold()
+    if text in NO_DOMAIN_LABELS:
+        return None
+    if text not in SEMANTIC_TYPES:
+        raise DataError(src.path, line, col, f"unknown semantic type {value!r}; expected object, attribute or "
+                        "relation (or empty)")
+    return text
+
+
 def _split(path: Path, line: int, col: str, value: Any) -> str | None:
     text = str(value or "").strip().lower()
     if not text:
@@ -582,9 +624,11 @@ def load_prompts(source: str | Path, *, taxonomy: Taxonomy | None = None, mappin
 
 
 def write_prompts(path: str | Path, prompts: Iterable[Prompt]) -> int:
-    """Write prompts; in Parquet the probability vectors become a compact struct of float columns."""
+    """Write prompts; in Parquet the probability vectors become a compact struct of float columns.
+
+    ``semantic_type`` is written only when set (see :func:`record_to_row`)."""
     fmt = detect_format(path) if Path(path).suffix else "jsonl"
-    rows = (p.model_dump(mode="json", exclude_none=False) for p in prompts)
+    rows = (_drop_unset(p.model_dump(mode="json", exclude_none=False)) for p in prompts)
     if fmt in ("csv", "tsv"):
         rows = ({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v for k, v in r.items()}
                 for r in rows)
