@@ -10,6 +10,11 @@ at a time and keeps generating for clients that gave up, ``detail_errors`` answe
 ``pinned`` refuses other models with HTTP 400, ``list_models=False`` lists no model, and :meth:`OpenAIServer.outage`
 stops listening for a while and comes back on the same port (a restart).
 
+A request with ``"stream": true`` is answered as server-sent events (``data: {chunk}`` lines, the ``usage`` chunk
+when ``stream_options.include_usage``, then ``data: [DONE]``), the answer cut into pieces spread over ``latency``.
+As on ``transformers serve``, vLLM and llama.cpp, a streamed generation stops when its client goes away (a write
+fails): ``disconnects`` counts them, and ``generating`` says how many generations are running.
+
 Use in-process: ``with OpenAIServer(...) as srv: srv.url``.
 """
 
@@ -27,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 Responder = Callable[[dict[str, Any]], str]
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
 
 STYLES = (
@@ -63,7 +69,7 @@ class OpenAIServer:
                  api_key: str | None = None, latency: float = 0.0, port: int = 0, logprobs: bool = False,
                  basic_auth: tuple[str, str] | None = None, query: dict[str, str] | None = None,
                  serial: bool = False, detail_errors: bool = False, pinned: bool = False,
-                 list_models: bool = True) -> None:
+                 list_models: bool = True, stream_options: bool = True) -> None:
         self.responder = responder
         self.models = models
         self.serial = serial
@@ -73,6 +79,8 @@ class OpenAIServer:
         self.pinned = pinned
         """Answer a request for another model with HTTP 400 "Server is pinned to ..." (not 404)."""
         self.list_models = list_models
+        self.stream_options = stream_options
+        """Whether ``stream_options`` is accepted (False: HTTP 400, like an older server)."""
         """Whether ``/models`` lists the models (False: an empty list, like a server that loads on demand)."""
         self.api_key = api_key
         self.basic_auth = basic_auth
@@ -84,7 +92,9 @@ class OpenAIServer:
         self.logprobs = logprobs
         self.faults: list[str] = []
         """Consumed one per chat request, in order: '429', '500', '400', 'drop', 'slow', 'garbage' (a 200 that is
-        not JSON), 'no_choices' (a 200 with an empty ``choices``)."""
+        not JSON), 'no_choices' (a 200 with an empty ``choices``); for streamed requests also 'cut' (the connection
+        closed half-way), 'no_done' (the stream ends cleanly without ``[DONE]``), 'bad_chunk' (a chunk that is not
+        JSON) and 'plain' (a plain JSON answer, the ``stream`` ignored)."""
         self.retry_after = "0"
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
@@ -94,6 +104,12 @@ class OpenAIServer:
         self.in_flight_seen: list[int] = []
         """How many chat requests were in flight as each one arrived (itself included)."""
         self.record = True
+        self.streamed = 0
+        """Streamed answers sent to the end."""
+        self.disconnects = 0
+        """Streamed generations stopped because the client went away."""
+        self.generating = 0
+        """Generations running now (a plain one goes on after its client gave up; a streamed one stops)."""
         self._serial_lock: asyncio.Lock | None = None
         self._work: set[asyncio.Future] = set()  # serial generations still running
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,7 +155,11 @@ class OpenAIServer:
         async def work() -> None:
             assert self._serial_lock is not None
             async with self._serial_lock:
-                await asyncio.sleep(self.latency)
+                self.generating += 1
+                try:
+                    await asyncio.sleep(self.latency)
+                finally:
+                    self.generating -= 1
 
         task = asyncio.ensure_future(work())
         self._work.add(task)
@@ -179,21 +199,80 @@ class OpenAIServer:
                 return self._error(400, f"Server is pinned to {self.models[0]!r}")
             if body.get("model") not in self.models:
                 return self._error(404, f"model {body.get('model')} not found")
+            if "stream_options" in body and not self.stream_options:
+                return self._error(400, "Unrecognized request argument supplied: stream_options")
+            if body.get("stream") and fault != "plain":
+                return await self._stream(request, body, fault)
             await self._generate()
             text = self.responder(body)
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                       "finish_reason": "stop"}
-            if self.logprobs and body.get("logprobs"):
-                choice["logprobs"] = {"content": [
-                    {"token": "{", "logprob": -0.01, "top_logprobs": []},
-                    {"token": "misaligned" if "misaligned" in text else "aligned", "logprob": -0.2,
-                     "top_logprobs": [{"token": "misaligned", "logprob": -0.2 if "misaligned" in text else -1.8},
-                                      {"token": "aligned", "logprob": -1.8 if "misaligned" in text else -0.2}]}]}
+            lp = self._logprobs(body, text)
+            if lp is not None:
+                choice["logprobs"] = {"content": lp}
             return web.json_response({"id": f"cmpl-{self.requests}", "object": "chat.completion",
-                                      "model": body["model"], "choices": [choice],
-                                      "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+                                      "model": body["model"], "choices": [choice], "usage": USAGE})
         finally:
             self.in_flight -= 1
+
+    def _logprobs(self, body: dict[str, Any], text: str) -> list[dict[str, Any]] | None:
+        """The scripted token log-probabilities of ``text`` (when this server gives them and they were asked for)."""
+        if not (self.logprobs and body.get("logprobs")):
+            return None
+        return [{"token": "{", "logprob": -0.01, "top_logprobs": []},
+                {"token": "misaligned" if "misaligned" in text else "aligned", "logprob": -0.2,
+                 "top_logprobs": [{"token": "misaligned", "logprob": -0.2 if "misaligned" in text else -1.8},
+                                  {"token": "aligned", "logprob": -1.8 if "misaligned" in text else -0.2}]}]
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], fault: str | None) -> web.StreamResponse:
+        """The answer as server-sent events, its pieces spread over ``latency`` (one stream at a time when
+        ``serial``); the generation stops when a write fails (the client went away)."""
+        text = self.responder(body)
+        pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or [""]
+        lp = self._logprobs(body, text) or []
+        base = {"id": f"cmpl-{self.requests}", "object": "chat.completion.chunk", "model": body["model"]}
+        events: list[str] = []
+        for i, piece in enumerate(pieces):
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": piece, **({"role": "assistant"} if i == 0
+                                                                                  else {})}, "finish_reason": None}
+            tokens = lp[i:i + 1] if i < len(pieces) - 1 else lp[i:]
+            if tokens:
+                choice["logprobs"] = {"content": tokens}
+            events.append(json.dumps({**base, "choices": [choice]}))
+        events.append(json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(json.dumps({**base, "choices": [], "usage": USAGE}))
+        if fault == "bad_chunk":
+            events.insert(len(events) // 2, '{"choices": [{"index": 0, "delta": {"content": "x"')
+        if fault != "no_done":
+            events.append("[DONE]")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        lock = self._serial_lock if self.serial else None
+        assert lock is not None or not self.serial
+        if lock is not None:
+            await lock.acquire()
+        self.generating += 1
+        try:
+            await resp.prepare(request)
+            for i, event in enumerate(events):
+                if fault == "cut" and i == len(events) // 2:
+                    assert request.transport is not None
+                    request.transport.close()
+                    raise ConnectionResetError
+                if self.latency and i < len(pieces):
+                    await asyncio.sleep(self.latency / len(pieces))
+                await resp.write(f"data: {event}\n\n".encode())
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            if fault != "cut":
+                self.disconnects += 1  # the client went away: stop generating, like a real server
+            raise
+        finally:
+            self.generating -= 1
+            if lock is not None:
+                lock.release()
+        self.streamed += 1
+        return resp
 
     # -- lifecycle --------------------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ class BuildConfig(BaseModel):
     max_retries: int = Field(5, ge=0, description="Retries of a failed request before it counts as failed.")
     connect_wait: float = Field(120.0, ge=0, description="Seconds to keep trying servers that refuse connections "
                                 "(a restart) before a request counts as failed.")
+    stream: bool = Field(False, description="Stream answers, so a server stops generating a request we gave up on "
+                         "(for slow local servers).")
     limit: int | None = Field(None, ge=1, description="Only the first N prompts.")
 
     @classmethod
@@ -133,7 +135,8 @@ class BuildConfig(BaseModel):
     def endpoint(self) -> Endpoint:
         """How to reach the chat models (each model on its own servers where ``base_urls`` names them)."""
         return Endpoint.with_urls(self.base_urls, api_key_env=self.api_key_env, max_concurrency=self.max_concurrency,
-                                  timeout=self.timeout, max_retries=self.max_retries, connect_wait=self.connect_wait)
+                                  timeout=self.timeout, max_retries=self.max_retries, connect_wait=self.connect_wait,
+                                  stream=self.stream)
 
     @property
     def sampling(self) -> Sampling:
@@ -355,7 +358,7 @@ def _split_and_publish(b: _Build, items: list[Item]) -> list[Item]:
 def _manifest(b: _Build, report: FilterReport | None, items: list[Item] | None,
               prompts: dict[str, int]) -> dict[str, Any]:
     """What the build did: config (without credentials in URLs), templates, skipped steps and counts."""
-    config = b.cfg.model_dump(mode="json")
+    config = b.cfg.model_dump(mode="json", exclude=None if b.cfg.stream else {"stream"})  # as before unless on
     manifest: dict[str, Any] = {"config": config, "taxonomy": b.taxonomy.version, "templates": b.templates,
                                 "skipped": b.skipped}
     if report is not None:

@@ -38,6 +38,9 @@ RetriesOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed reques
 ConnectWaitOpt = Annotated[float, typer.Option(min=0, help="Seconds to keep trying a server that refuses connections "
                                                "(a restart) before the request counts as failed.")]
 
+StreamOpt = Annotated[bool, typer.Option("--stream/--no-stream", help="Stream answers, so a server stops generating "
+                                         "a request we gave up on (for slow local servers).")]
+
 
 def max_tokens_option(default: str) -> Any:
     """``--max-tokens N``: the most tokens a chat model may generate per call; ``default`` says what holds without
@@ -47,13 +50,15 @@ def max_tokens_option(default: str) -> Any:
 
 
 def endpoint_of(base_url: list[str] | None, api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 32,
-                rpm: float | None = None, timeout: float = 120.0, max_retries: int = 5, connect_wait: float = 120.0):
+                rpm: float | None = None, timeout: float = 120.0, max_retries: int = 5, connect_wait: float = 120.0,
+                stream: bool = False):
     """The :class:`~misalign.models.Endpoint` the shared endpoint options describe (``--base-url`` items may be
     ``MODEL=URL``); a malformed item is a :class:`~misalign.errors.ConfigError`."""
     from misalign.models import Endpoint
 
     return Endpoint.with_urls(base_url, api_key_env=api_key_env, max_concurrency=max_concurrency, rpm=rpm,
-                              timeout=timeout, max_retries=max_retries, connect_wait=connect_wait)
+                              timeout=timeout, max_retries=max_retries, connect_wait=connect_wait,
+                              stream=stream)
 
 
 def error(exc: object) -> None:

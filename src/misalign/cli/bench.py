@@ -19,6 +19,7 @@ from misalign.cli import (
     RetriesOpt,
     RpmOpt,
     SkipOpt,
+    StreamOpt,
     TaxOpt,
     TimeoutOpt,
     app,
@@ -59,6 +60,7 @@ def eval_cmd(
     timeout: TimeoutOpt = 120.0,
     max_retries: RetriesOpt = 5,
     connect_wait: ConnectWaitOpt = 120.0,
+    stream: StreamOpt = False,
     max_failed: Annotated[float, typer.Option(min=0, max=1, help="Share of failed calls above which the run is an "
                                               "error (exit 2; its files are still written).")] = 0.5,
     wait: Annotated[bool, typer.Option(help="If another run holds the run directory, wait for it instead of "
@@ -88,7 +90,7 @@ def eval_cmd(
         ds.records = ds.records[:limit]
     console.print(f"[bold]{ds.source}[/] split={ds.split if ds.splits_present else 'all (no splits)'} "
                   f"items={len(ds)} runs={runs} seed={seed}; unparseable answers count as {unparseable}")
-    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm, timeout, max_retries, connect_wait)
+    endpoint = endpoint_of(base_url, api_key_env, max_concurrency, rpm, timeout, max_retries, connect_wait, stream)
     results: dict[str, Metrics] = {}
     for m in models:
         run_dir = out if len(models) == 1 else out / _slug(m)

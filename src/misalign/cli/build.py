@@ -17,6 +17,7 @@ from misalign.cli import (
     RejectsOpt,
     RetriesOpt,
     SkipOpt,
+    StreamOpt,
     TaxOpt,
     TimeoutOpt,
     app,
@@ -51,6 +52,7 @@ def classify(
     max_tokens: Annotated[int | None, max_tokens_option("400, the classification template's")] = None,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
+    stream: StreamOpt = False,
     cache: CacheOpt = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
@@ -64,7 +66,7 @@ def classify(
 
     tax = load_taxonomy(taxonomy)
     prompts = _load_pool(input, tax, mapping, skip_bad, rejects)  # before any model loads: bad input fails fast
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
     classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder)
     if max_tokens and isinstance(classifier, ChatClassifier):  # part of each request, so of its cache key
         classifier.PARAMS = replace(classifier.PARAMS, max_tokens=max_tokens)
@@ -124,12 +126,12 @@ def _load_pool(input: Path, tax: Taxonomy, mapping: list[str] | None, skip_bad: 
 
 
 def _pool(base_url: list[str] | None, api_key_env: str, max_concurrency: int, timeout: float,
-          max_retries: int, connect_wait: float) -> ModelPool:
+          max_retries: int, connect_wait: float, stream: bool) -> ModelPool:
     """The models of one step command, reached through the endpoint its options describe."""
     from misalign.models import ModelPool
 
     return ModelPool(endpoint_of(base_url, api_key_env, max_concurrency, timeout=timeout, max_retries=max_retries,
-                                 connect_wait=connect_wait))
+                                 connect_wait=connect_wait, stream=stream))
 
 
 def _cache_path(out: Path, cache: Path | None) -> Path:
@@ -158,6 +160,7 @@ def expand(
     = "embedded",
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
+    stream: StreamOpt = False,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 2: new prompts for low-resource domains, kept only if re-classified into their domain."""
@@ -168,7 +171,7 @@ def expand(
 
     tax = load_taxonomy(taxonomy)
     prompts, _ = load_prompts(input, taxonomy=tax)
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
     writer = pool.get(generator)
     reclassifier = get_classifier(classifier, tax, pool=pool, delta=delta)
     expansion = run_with_models(
@@ -191,6 +194,7 @@ def respond(
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens a chat model may generate per call.")] = 512,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
+    stream: StreamOpt = False,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I step 4: an aligned and a misaligned candidate response for every prompt."""
@@ -200,7 +204,7 @@ def respond(
     from misalign.io import load_prompts, write_rows
 
     prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy))
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
     generators = {g: pool.get(g) for g in generator}
     sampling = Sampling(seed=seed, temperature=temperature, max_tokens=max_tokens)
     cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc), pool=pool,
@@ -224,6 +228,7 @@ def filter_cmd(
                           "smaller.")] = None,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
+    stream: StreamOpt = False,
     cache: CacheOpt = None,
 ) -> None:
     """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
@@ -235,7 +240,7 @@ def filter_cmd(
     cands = [candidate_from_row(row) for _, row in read_rows(input)]
     if not cands:
         raise DataError(input, None, None, "no rows")
-    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait)
+    pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
     generators = {g: pool.get(g) for g in generator}
     judge_model = pool.get(judge)
     sampling = Sampling(seed=seed, max_tokens=max_tokens or Sampling.max_tokens)
@@ -275,6 +280,9 @@ def build(
     max_retries: Annotated[int | None, typer.Option(min=0, help="Retries of a failed request.")] = None,
     connect_wait: Annotated[float | None, typer.Option(min=0, help="Seconds to keep trying a server that refuses "
                                                        "connections (a restart).")] = None,
+    stream: Annotated[bool | None, typer.Option("--stream/--no-stream", help="Stream answers, so a server stops "
+                                                "generating a request we gave up on (for slow local servers).")]
+    = None,
     taxonomy: TaxOpt = None,
 ) -> None:
     """Stage I end to end: classify, expand, dedup, respond, filter, split; resumes where it stopped."""
@@ -284,7 +292,7 @@ def build(
              "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
              "seed": seed, "max_tokens": max_tokens, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
              "max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries,
-             "connect_wait": connect_wait}
+             "connect_wait": connect_wait, "stream": stream}
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
     try:
         cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)

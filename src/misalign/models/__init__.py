@@ -70,6 +70,9 @@ class Endpoint:
     """Retries of a failed request before it counts as failed."""
     connect_wait: float = 120.0
     """Seconds a request keeps trying servers that refuse connections (a restart) before it counts as failed."""
+    stream: bool = False
+    """Ask OpenAI-compatible servers to stream answers, so a server stops generating a request we gave up on (the
+    answer is the same, and so is its cache entry)."""
 
     @classmethod
     def with_urls(cls, urls: BaseUrls | None, **settings: Any) -> Endpoint:
@@ -84,11 +87,12 @@ class Endpoint:
         return own or list(self.base_urls)
 
     def redacted(self) -> dict[str, Any]:
-        """These settings for a manifest: URLs without credentials or query strings."""
+        """These settings for a manifest: URLs without credentials or query strings (``stream`` only when on)."""
         return {"base_urls": [redact_url(u) for u in self.base_urls],
                 "model_urls": {m: [redact_url(u) for u in us] for m, us in self.model_urls.items()},
                 "api_key_env": self.api_key_env, "max_concurrency": self.max_concurrency, "rpm": self.rpm,
-                "timeout": self.timeout, "max_retries": self.max_retries, "connect_wait": self.connect_wait}
+                "timeout": self.timeout, "max_retries": self.max_retries, "connect_wait": self.connect_wait,
+                **({"stream": True} if self.stream else {})}  # a run without it keeps the manifest it had
 
 
 def _split_base_url(item: str) -> tuple[str | None, str]:
@@ -154,7 +158,7 @@ def get_model(spec: str, endpoint: Endpoint | None = None) -> ChatModel:
 
         return OpenAIChatModel(spec.removeprefix("openai/"), base_urls=ep.urls_for(spec), api_key_env=ep.api_key_env,
                                max_concurrency=ep.max_concurrency, rpm=ep.rpm, timeout=ep.timeout,
-                               max_retries=ep.max_retries, connect_wait=ep.connect_wait)
+                               max_retries=ep.max_retries, connect_wait=ep.connect_wait, stream=ep.stream)
     if spec.startswith("hf/"):
         from misalign.models.hf import HFChatModel
 

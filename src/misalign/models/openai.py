@@ -13,6 +13,11 @@ TGI, OpenAI and other hosted APIs), over one pooled aiohttp session.
 - ``/models`` is probed once on every server before the first request: a wrong URL, a rejected key or a server
   that lists models but not this one is a :class:`ModelError` before any work is done (a server that lists no
   model at all passes).
+- ``stream`` (opt-in) asks for the answer as server-sent events and joins them into the same
+  :class:`Completion` a plain answer gives: a server that stops generating when its client goes away
+  (``transformers serve``, vLLM, llama.cpp) then drops a request we gave up on (a timeout closes the connection)
+  instead of finishing it before the next. A stream that ends without ``[DONE]`` or carries a malformed chunk is
+  retried like a broken answer; a server that answers plain JSON anyway is read as such.
 - The API key is read from an environment variable and sent only in the ``Authorization`` header; it never
   appears in errors, logs or reprs.
 """
@@ -218,7 +223,7 @@ class OpenAIChatModel:
     def __init__(self, model: str, *, base_urls: list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
                  max_concurrency: int = 32, rpm: float | None = None, timeout: float = 120.0,
                  max_retries: int = 5, backoff_base: float = 0.5, backoff_cap: float = 30.0,
-                 connect_wait: float = 120.0, probe: bool = True) -> None:
+                 connect_wait: float = 120.0, probe: bool = True, stream: bool = False) -> None:
         self.model = model
         self.name = f"openai/{model}"
         urls = list(base_urls or []) or [os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL)]
@@ -237,6 +242,8 @@ class OpenAIChatModel:
         self.timeout = timeout
         self.max_retries = max_retries
         self.connect_wait = connect_wait
+        self.stream = stream
+        """Ask for server-sent events (the answer is the same; a timeout then stops the server's generation)."""
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.limiter = RateLimiter(rpm) if rpm else None
         self._probe_wanted = probe
@@ -245,6 +252,7 @@ class OpenAIChatModel:
         self._next = 0
         self._timeout: Any = None
         self._no_logprobs = False  # set when the server rejects log-probability requests
+        self._no_stream_options = False  # set when the server rejects stream_options (usage is then left out)
         self.stats = {"requests": 0, "retries": 0, "failed": 0}
         self._backing_off = 0  # calls waiting before a retry
         self._last_problem = ""
@@ -376,6 +384,10 @@ class OpenAIChatModel:
             body["logprobs"] = True
             if params.top_logprobs:
                 body["top_logprobs"] = params.top_logprobs
+        if self.stream:
+            body["stream"] = True
+            if not self._no_stream_options:
+                body["stream_options"] = {"include_usage": True}
         return body
 
     def _backoff(self, attempt: int) -> float:
@@ -433,7 +445,15 @@ class OpenAIChatModel:
             try:
                 async with session.post(server.endpoint("chat/completions"), json=self._payload(messages, params),
                                         headers=self._auth(server), timeout=self._timeout) as r:
-                    return self._answer(r.status, r.headers.get("Retry-After"), await r.read(), params)
+                    try:
+                        streamed = self.stream and r.status == 200 and r.content_type != "application/json"
+                        body = await _read_sse(r) if streamed else await r.read()
+                    except BaseException:
+                        r.close()  # a timeout or a cancel: drop the connection, so the server sees us gone
+                        raise
+                    return self._answer(r.status, r.headers.get("Retry-After"), body, params)
+            except _MalformedStream as exc:
+                return _Failed("retry", f"malformed response: {exc}")  # like a broken 200
             except aiohttp.ClientSSLError as exc:
                 return _Failed("retry", f"{type(exc).__name__}: {exc}")
             except aiohttp.ClientConnectorError as exc:
@@ -459,6 +479,9 @@ class OpenAIChatModel:
         if status == 400 and params.logprobs and not self._no_logprobs and "logprob" in detail.lower():
             self._no_logprobs = True  # the server cannot give them: ask again without
             return _Failed("again", last)
+        if status == 400 and self.stream and not self._no_stream_options and "stream_options" in detail.lower():
+            self._no_stream_options = True  # an older server: stream without asking for usage
+            return _Failed("again", last)
         if status not in RETRY_STATUS:
             return _Failed("fatal", last)
         if status in OVERLOAD_STATUS:
@@ -471,6 +494,98 @@ class OpenAIChatModel:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _MalformedStream(ValueError):
+    """A stream of server-sent events that is not a whole answer (no ``[DONE]``, a chunk that is not JSON, an
+    error event)."""
+
+
+async def _read_sse(r: Any) -> bytes:
+    """The server-sent events of a streamed chat completion, joined into the body a plain answer would have had.
+
+    The ``content`` deltas of choice 0 are joined, its ``logprobs.content`` lists concatenated, the last
+    ``finish_reason`` and the last ``usage`` kept. Raises :class:`_MalformedStream` when the stream ends without
+    ``data: [DONE]``, a chunk is not a JSON object, or an event carries an ``error``."""
+    text: list[str] = []
+    logprobs: list[Any] | None = None
+    finish: str | None = None
+    usage: Any = None
+    chunks = 0
+    answered = False  # a chunk carried choice 0
+    data: list[str] = []
+    pending = b""
+
+    def event(payload: str) -> bool:
+        """Take one event's data; True at ``[DONE]``."""
+        nonlocal logprobs, finish, usage, chunks, answered
+        if payload.strip() == "[DONE]":
+            return True
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise _MalformedStream("a stream chunk is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise _MalformedStream("a stream chunk is not a JSON object")
+        if chunk.get("error"):
+            raise _MalformedStream(f"the stream ended with an error: {_error_text(json.dumps(chunk).encode())}")
+        chunks += 1
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        choices = chunk.get("choices") or []
+        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+        if choice is None:
+            return False
+        answered = True
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise _MalformedStream("a stream chunk's delta is not an object")
+        if delta.get("content"):
+            text.append(str(delta["content"]))
+        content = (choice.get("logprobs") or {}).get("content")
+        if isinstance(content, list):
+            logprobs = (logprobs or []) + content
+        if choice.get("finish_reason"):
+            finish = choice["finish_reason"]
+        return False
+
+    def line_of(raw: bytes) -> bool:
+        """Take one line of the stream (an empty line ends an event); True at ``[DONE]``."""
+        line = raw.decode("utf-8").rstrip("\r")
+        if not line:
+            joined, data[:] = "\n".join(data), []
+            return bool(joined) and event(joined)
+        if line.startswith(":"):
+            return False  # a comment (keep-alive)
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value.removeprefix(" "))
+        return False
+
+    done = False
+    async for block in r.content.iter_any():
+        *lines, pending = (pending + block).split(b"\n")
+        for raw in lines:
+            if line_of(raw):
+                done = True
+                break
+        if done:
+            break
+    if not done:  # the last line and event may be unterminated
+        done = line_of(pending) if pending else False
+        done = done or line_of(b"")
+    if not done:
+        raise _MalformedStream(f"the stream ended without [DONE] (after {chunks} chunk(s))")
+    if not answered:
+        raise _MalformedStream("no choices")
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                              "finish_reason": finish}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
+    answer: dict[str, Any] = {"object": "chat.completion", "choices": [choice]}
+    if usage is not None:
+        answer["usage"] = usage
+    return json.dumps(answer).encode("utf-8")
 
 
 def _error_text(body: bytes) -> str:
