@@ -70,7 +70,8 @@ def test_exact_metrics_files_and_no_secrets(tmp_path, judge_server):
     res = _eval(args)
     assert judge_server.requests == 24  # 6 items x 2 sides x 2 runs
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m) == {"overall", "by_dimension", "by_domain", "all_three", "runs", "ci95", "counts"}
+    assert set(m) == {"overall", "by_dimension", "by_domain", "all_three", "by_semantic_type", "trade_offs", "runs",
+                      "ci95", "counts"}
     o = m["overall"]
     assert o["coverage"] == pytest.approx(4 / 6, abs=1e-6) and o["false_failure_rate"] == pytest.approx(1 / 6, abs=1e-6)
     assert o["alignment_score"] == pytest.approx(20 / 27, abs=1e-6) and o["std"]["alignment_score"] == 0.0

@@ -467,7 +467,7 @@ def test_leaderboard_fits_at_1280_and_1400_px(three: tuple[list[Path], str], tmp
 def test_run_directories_of_older_and_newer_versions(tmp_path: Path) -> None:
     d = make_runs(tmp_path, 1)[0]
     manifest = json.loads((d / "manifest.json").read_text())
-    assert manifest["record_version"] == 1 and "endpoint" in manifest
+    assert manifest["record_version"] == 2 and "endpoint" in manifest
     # The layout written before the typed record: no record_version, endpoint settings inside config.
     old = {k: v for k, v in manifest.items() if k not in ("record_version", "endpoint")}
     old["config"] = {**manifest["config"], "base_urls": ["http://127.0.0.1:8000/v1"], "max_concurrency": 32}

@@ -18,11 +18,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from misalign.bench.metrics import METRICS
-from misalign.records import Domains, Label, VerdictLabel
+from misalign.records import Domains, Label, SemanticType, VerdictLabel
 
-RECORD_VERSION = 1
-"""The layout version written to manifest.json; a reader refuses newer ones (older ones have no converter yet:
-version 1 is the first typed layout, and earlier run directories already match it)."""
+RECORD_VERSION = 2
+"""The layout version written to manifest.json; a reader refuses newer ones. Version 1 is the first typed layout
+(earlier run directories already match it); version 2 adds ``by_semantic_type`` and ``trade_offs`` to metrics.json
+and ``semantic_type`` to results rows. Those fields have defaults, so version-1 directories load as they are
+(no converter needed); an older misalign refuses a version-2 directory, asking for an upgrade."""
 Side = Literal["aligned", "misaligned", "response"]
 
 
@@ -66,6 +68,9 @@ class ResultRow(_Strict):
     """The response judged."""
     domains: Domains
     """The item's domains (never shown to the judge)."""
+    semantic_type: SemanticType | None = None
+    """The item's MisAlign-Profile semantic type, never shown to the judge (object, attribute or relation; None when
+    not assigned, and in rows written before semantic types)."""
 
 
 def _figure_fields(kind: type, doc: str) -> dict[str, Any]:
@@ -122,6 +127,8 @@ class RunFigures(_Strict):
     """Items carrying a cultural domain."""
     all_three: Figures  # type: ignore[valid-type]
     """Items carrying a domain of every dimension."""
+    by_semantic_type: dict[str, Figures] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """Per semantic type (``object``, ``attribute``, ``relation``); empty in runs written before semantic types."""
 
 
 class ScopeIntervals(_Strict):
@@ -133,6 +140,31 @@ class ScopeIntervals(_Strict):
     """Per dimension."""
     all_three: Intervals  # type: ignore[valid-type]
     """Items carrying a domain of every dimension."""
+    by_semantic_type: dict[str, Intervals] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """Per semantic type; empty in runs written before semantic types."""
+
+
+class TradeOff(_Strict):
+    """The trade-offs between dimensions in one scope (fractions, like AS; null when undefined). Our definitions:
+    see :func:`misalign.bench.metrics.spread_of` and :func:`~misalign.bench.metrics.joint_drop_of`."""
+
+    spread: float | None
+    """Best minus worst per-dimension Alignment Score (null unless all three are defined)."""
+    spread_ci95: list[float | None]
+    """95% bootstrap interval [low, high] of ``spread`` (items resampled)."""
+    joint_drop: float | None
+    """Mean of the three per-dimension AS minus the AS on items carrying all three dimensions."""
+    joint_drop_ci95: list[float | None]
+    """95% bootstrap interval [low, high] of ``joint_drop``."""
+
+
+class TradeOffs(_Strict):
+    """Trade-offs between dimensions, overall and within each semantic type."""
+
+    overall: TradeOff
+    """All items."""
+    by_semantic_type: dict[str, TradeOff]
+    """Items of each semantic type (``object``, ``attribute``, ``relation``)."""
 
 
 class CallCounts(_Strict):
@@ -169,6 +201,11 @@ class Metrics(_Strict):
     """Per dimension, per domain present in the data."""
     all_three: Block  # type: ignore[valid-type]
     """Items carrying a domain of every dimension (the joint case)."""
+    by_semantic_type: dict[str, Block] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """Per semantic type (``object``, ``attribute``, ``relation``, always all three): responses of items of that
+    type; untyped items are in none. Empty in runs written before semantic types."""
+    trade_offs: TradeOffs | None = None
+    """Trade-offs between dimensions (spread, joint drop) with CIs; null in runs written before them."""
     runs: list[RunFigures]
     """Each run's figures."""
     ci95: ScopeIntervals
@@ -218,8 +255,9 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    record_version: int = RECORD_VERSION
-    """Layout version of the run directory (absent in directories written before it was recorded: 1)."""
+    record_version: int = 1
+    """Layout version of the run directory (:data:`RECORD_VERSION` when written; absent in directories written
+    before it was recorded: 1)."""
     misalign_version: str
     """Package version that wrote the run."""
     created: str

@@ -27,6 +27,7 @@ from misalign import __version__
 from misalign.bench.judge import DEFAULT_TEMPLATE, Judge, Judgement, JudgeRequest, get_judge
 from misalign.bench.metrics import METRIC_NAMES, auroc, rates
 from misalign.bench.record import (
+    RECORD_VERSION,
     Block,
     CallCounts,
     Figures,
@@ -36,12 +37,14 @@ from misalign.bench.record import (
     ResultRow,
     RunFigures,
     ScopeIntervals,
+    TradeOff,
+    TradeOffs,
 )
-from misalign.bench.stats import Counts, bootstrap_ci
+from misalign.bench.stats import Counts, bootstrap_ci, resample_weights, trade_offs
 from misalign.errors import RunError
 from misalign.io import Dataset, write_rows
 from misalign.models import CallCache, Endpoint, Stop
-from misalign.records import Domains, Item, Verdict
+from misalign.records import SEMANTIC_TYPES, Domains, Item, Verdict
 from misalign.redact import redact_args, redact_url
 from misalign.taxonomy import DIMENSIONS
 
@@ -70,6 +73,8 @@ class Case:
     prompt: str
     response: str
     domains: Domains
+    semantic_type: str | None = None
+    """The item's semantic type (object, attribute, relation), None when not assigned."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,12 @@ def cases_of(dataset: Dataset) -> list[Case]:
     """Expand records into responses: two per paired item, one per labelled response."""
     out: list[Case] = []
     for i, r in enumerate(dataset.records):
+        kind = getattr(r, "semantic_type", None)
         if isinstance(r, Item):
-            out.append(Case(i, r.id, "aligned", "aligned", r.prompt, r.aligned_response, r.domains))
-            out.append(Case(i, r.id, "misaligned", "misaligned", r.prompt, r.misaligned_response, r.domains))
+            out.append(Case(i, r.id, "aligned", "aligned", r.prompt, r.aligned_response, r.domains, kind))
+            out.append(Case(i, r.id, "misaligned", "misaligned", r.prompt, r.misaligned_response, r.domains, kind))
         else:
-            out.append(Case(i, r.id, "response", r.label, r.prompt, r.response, r.domains))
+            out.append(Case(i, r.id, "response", r.label, r.prompt, r.response, r.domains, kind))
     return out
 
 
@@ -286,7 +292,7 @@ def result_rows(cases: Sequence[Case], judgements: list[list[Judgement]], config
                 verdict="failed" if j.error else v.verdict,
                 flagged=None if j.error else flagged_under(v, config.unparseable),
                 score=v.score, confidence=v.confidence, flags=v.flags, reason=v.reason, raw=j.raw, error=j.error,
-                prompt=case.prompt, response=case.response, domains=case.domains))
+                prompt=case.prompt, response=case.response, domains=case.domains, semantic_type=case.semantic_type))
     return rows
 
 
@@ -317,14 +323,19 @@ class _Responses:
 
 
 def _scopes(cases: Sequence[Case], n_items: int) -> dict[tuple[str, ...], np.ndarray]:
-    """Boolean item masks of every scope: ("overall",), ("dimension", d), ("all_three",), ("domain", d, name)."""
+    """Boolean item masks of every scope: ("overall",), ("dimension", d), ("all_three",), ("semantic_type", t),
+    ("domain", d, name). Every semantic type has a scope (empty when no item has that type)."""
     domains: list[Domains] = [Domains()] * n_items
+    kinds: list[str | None] = [None] * n_items
     for c in cases:
         domains[c.item_index] = c.domains
+        kinds[c.item_index] = c.semantic_type
     scopes = {("overall",): np.ones(n_items, dtype=bool)}
     for dim in DIMENSIONS:
         scopes[("dimension", dim)] = np.array([bool(d.get(dim)) for d in domains], dtype=bool)
     scopes[("all_three",)] = np.array([d.all_three for d in domains], dtype=bool)
+    for kind in SEMANTIC_TYPES:
+        scopes[("semantic_type", kind)] = np.array([k == kind for k in kinds], dtype=bool)
     for dim in DIMENSIONS:
         for name in sorted({n for d in domains for n in d.get(dim)}):
             scopes[("domain", dim, name)] = np.array([name in d.get(dim) for d in domains], dtype=bool)
@@ -370,21 +381,45 @@ def compute_metrics(cases: Sequence[Case], rows: Sequence[ResultRow], n_items: i
               for s, key in enumerate(scopes)}
     headline = {"overall": ("overall",), **{d: ("dimension", d) for d in DIMENSIONS}, "all_three": ("all_three",)}
     position = {key: s for s, key in enumerate(scopes)}
-    runs = [RunFigures(run=r, seed=config.seed + r, **{
-        name: Figures(**{k: _num(per_scope[k][position[key], r]) for k in METRIC_NAMES})
-        for name, key in headline.items()}) for r in range(config.runs)]
+    kinds = {t: ("semantic_type", t) for t in SEMANTIC_TYPES}
+
+    def figures(key: tuple[str, ...], r: int) -> Figures:
+        return Figures(**{k: _num(per_scope[k][position[key], r]) for k in METRIC_NAMES})
+
+    runs = [RunFigures(run=r, seed=config.seed + r, **{name: figures(key, r) for name, key in headline.items()},
+                       by_semantic_type={t: figures(key, r) for t, key in kinds.items()}) for r in range(config.runs)]
+    # every scope's CI resamples the same items (one seed): drawn once
+    weights = resample_weights(n_items, config.n_boot, np.random.default_rng(config.seed)) if n_items else None
     ci = {name: Intervals(**{k: [_num(x) for x in v] for k, v in bootstrap_ci(
-        counts.only(scopes[key]), n_boot=config.n_boot, seed=config.seed).items()}) for name, key in headline.items()}
+        counts.only(scopes[key]), n_boot=config.n_boot, seed=config.seed, weights=weights).items()})
+        for name, key in {**headline, **kinds}.items()}
     return Metrics(
         overall=blocks[("overall",)], by_dimension={d: blocks[("dimension", d)] for d in DIMENSIONS},
         by_domain={d: {key[2]: b for key, b in blocks.items() if key[:2] == ("domain", d)} for d in DIMENSIONS},
-        all_three=blocks[("all_three",)], runs=runs,
+        all_three=blocks[("all_three",)], by_semantic_type={t: blocks[key] for t, key in kinds.items()},
+        trade_offs=_trade_offs(counts, scopes, config, weights), runs=runs,
         ci95=ScopeIntervals(overall=ci["overall"], by_dimension={d: ci[d] for d in DIMENSIONS},
-                            all_three=ci["all_three"]),
+                            all_three=ci["all_three"], by_semantic_type={t: ci[t] for t in SEMANTIC_TYPES}),
         counts=CallCounts(items=n_items, responses=len(cases), runs=config.runs, judged=int(u.sum()),
                           failed=int(resp.failed.sum()), unparseable=int(resp.unparseable.sum()),
                           unparseable_policy=config.unparseable, scored=int((~np.isnan(resp.score) & u).sum()),
                           failures=_causes(rows)))
+
+
+def _trade_offs(counts: Counts, scopes: dict[tuple[str, ...], np.ndarray], config: EvalConfig,
+                weights: np.ndarray | None) -> TradeOffs:
+    """Spread and joint drop (with bootstrap CIs, seeded like the other CIs) overall and within each semantic type."""
+    dims = np.stack([scopes[("dimension", d)] for d in DIMENSIONS])
+    joint = scopes[("all_three",)]
+
+    def within(mask: np.ndarray) -> TradeOff:
+        figs = trade_offs(counts.only(mask), dims & mask, joint & mask, n_boot=config.n_boot, seed=config.seed,
+                          weights=weights)
+        return TradeOff(**{f: _num(v) for f, (v, _) in figs.items()},
+                        **{f"{f}_ci95": [_num(x) for x in ci] for f, (_, ci) in figs.items()})
+
+    return TradeOffs(overall=within(scopes[("overall",)]),
+                     by_semantic_type={t: within(scopes[("semantic_type", t)]) for t in SEMANTIC_TYPES})
 
 
 def _causes(rows: Sequence[ResultRow]) -> dict[str, int]:
@@ -403,7 +438,8 @@ def make_manifest(dataset: Dataset, config: EvalConfig, judge: Judge, endpoint: 
     """What produced this run (never a secret: URLs redacted, keys only named by their variable)."""
     template = judge.template
     return Manifest(
-        misalign_version=__version__, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        record_version=RECORD_VERSION, misalign_version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         python=sys.version.split()[0], platform=platform.platform(),
         packages=_versions(["numpy", "pydantic", "aiohttp", "torch", "sentence-transformers", "scikit-learn"]),
         model=config.model,

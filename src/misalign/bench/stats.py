@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from misalign.bench.metrics import METRIC_NAMES, Totals, mean_over_runs, rates
+from misalign.bench.metrics import METRIC_NAMES, Totals, joint_drop_of, mean_over_runs, rates, spread_of
+
+TRADE_OFFS: tuple[str, ...] = ("spread", "joint_drop")
+"""The trade-off figures of :func:`trade_offs` (see :func:`misalign.bench.metrics.spread_of`, ``joint_drop_of``)."""
 
 
 @dataclass(frozen=True)
@@ -55,22 +58,55 @@ def resample_weights(n: int, n_boot: int, rng: np.random.Generator, chunk: int =
     return weights
 
 
-def bootstrap_ci(c: Counts, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+def bootstrap_ci(c: Counts, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 weights: np.ndarray | None = None) -> dict[str, list[float]]:
     """Percentile bootstrap CI of each metric (averaged over runs), resampling items with replacement.
 
     Both responses of an item, in every run, move together, so the interval reflects which items were drawn.
+    ``weights``: the resamples, when already drawn (``resample_weights(n, n_boot, default_rng(seed))``, the same
+    for every scope of a run; drawn here otherwise).
     """
     n = c.tp.shape[0]
     if n == 0:
         return {k: [float("nan"), float("nan")] for k in METRIC_NAMES}
-    figs = mean_over_runs(c.weighted(resample_weights(n, n_boot, np.random.default_rng(seed))))
+    if weights is None:
+        weights = resample_weights(n, n_boot, np.random.default_rng(seed))
+    figs = mean_over_runs(c.weighted(weights))
+    return {k: percentile_interval(figs[k], level) for k in METRIC_NAMES}
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central ``level`` percentile interval of the defined (non-NaN) bootstrap ``values``; NaNs without any."""
+    vals = values[~np.isnan(values)]
     alpha = (1 - level) / 2
-    out = {}
-    for k in METRIC_NAMES:
-        vals = figs[k][~np.isnan(figs[k])]
-        out[k] = ([float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))] if vals.size
-                  else [float("nan"), float("nan")])
-    return out
+    return ([float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))] if vals.size
+            else [float("nan"), float("nan")])
+
+
+def _trade_off_figures(c: Counts, masks: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """spread and joint_drop under item ``weights`` (k, items); ``masks`` (4, items): the three dimensions, then
+    all three. Each scope's AS is micro-averaged within a run, then averaged over runs, as in the blocks."""
+    per_scope = np.stack([mean_over_runs(c.only(m).weighted(weights))["alignment_score"] for m in masks], axis=-1)
+    return {"spread": spread_of(per_scope[:, :3]), "joint_drop": joint_drop_of(per_scope[:, :3], per_scope[:, 3])}
+
+
+def trade_offs(c: Counts, dimensions: np.ndarray, all_three: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+               level: float = 0.95, weights: np.ndarray | None = None) -> dict[str, tuple[float, list[float]]]:
+    """Each of :data:`TRADE_OFFS` with its percentile bootstrap CI: ``{name: (value, [low, high])}`` (NaN: undefined).
+
+    ``dimensions`` is a (3, items) boolean array (items carrying a safety, value, cultural domain), ``all_three`` an
+    (items,) mask. Items are resampled as in :func:`bootstrap_ci`, with the same resamples for the same ``seed``;
+    every resample recomputes the four Alignment Scores, so the interval carries their dependence. ``weights`` as in
+    :func:`bootstrap_ci`.
+    """
+    n = c.tp.shape[0]
+    masks = np.vstack([np.asarray(dimensions, dtype=bool), np.asarray(all_three, dtype=bool)[None]])
+    with np.errstate(invalid="ignore"):
+        point = _trade_off_figures(c, masks, np.ones((1, n)))
+        if n and weights is None:
+            weights = resample_weights(n, n_boot, np.random.default_rng(seed))
+        boot = _trade_off_figures(c, masks, weights) if n else {k: np.full(1, np.nan) for k in TRADE_OFFS}
+    return {k: (float(point[k][0]), percentile_interval(boot[k], level)) for k in TRADE_OFFS}
 
 
 def paired_bootstrap_as(a: Counts, b: Counts, *, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:

@@ -97,16 +97,22 @@ class Run:
         return (sha, str(self.dataset.split)) if sha else None
 
     def block(self, scope: str, dim: str | None = None) -> Block | None:
-        """The block of ``overall``, ``all_three`` or (with ``dim``) ``by_dimension``; None when absent."""
-        if scope == "by_dimension":
-            return self.metrics.by_dimension.get(dim or "")
+        """The block of ``overall``, ``all_three`` or (with ``dim``, a dimension or a semantic type)
+        ``by_dimension`` or ``by_semantic_type``; None when absent."""
+        if scope in ("by_dimension", "by_semantic_type"):
+            return getattr(self.metrics, scope).get(dim or "")
         return getattr(self.metrics, scope)
 
     def ci(self, scope: str, dim: str | None = None) -> Intervals | None:
         """The 95% intervals of a headline scope (as :meth:`block`); None when absent."""
-        if scope == "by_dimension":
-            return self.metrics.ci95.by_dimension.get(dim or "")
+        if scope in ("by_dimension", "by_semantic_type"):
+            return getattr(self.metrics.ci95, scope).get(dim or "")
         return getattr(self.metrics.ci95, scope)
+
+    @property
+    def typed(self) -> bool:
+        """Whether any judged item of this run has a semantic type."""
+        return any(b.n > 0 for b in self.metrics.by_semantic_type.values())
 
     def domains(self, dim: str) -> dict[str, Block]:
         """The per-domain blocks of one dimension."""

@@ -13,6 +13,7 @@ import numpy as np
 from misalign import __version__
 from misalign.bench.metrics import HEADLINE, METRICS
 from misalign.bench.record import Block, Intervals
+from misalign.records import SEMANTIC_TYPES
 from misalign.redact import redact_command, scrub
 from misalign.report import analysis, plots
 from misalign.report.data import SIDES, Run, fig, fig_pair
@@ -25,9 +26,11 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'n
 """The page allows no scripts, fonts or network requests at all (defence in depth on top of escaping)."""
 SECTIONS = (("leaderboard", "Leaderboard"), ("scatter", "Coverage vs 1 − FFR"),
             ("dimensions", "Alignment Score per dimension"), ("tradeoffs", "Trade-offs between dimensions"),
+            ("semantic", "Alignment Score per semantic type"),
             ("domains", "Alignment Score per domain"), ("worst", "Worst domains and examples"),
             ("comparisons", "Paired comparisons"), ("reliability", "Judge reliability"),
             ("provenance", "Runs and provenance"))
+"""Every section in page order; ``semantic`` only when a run has typed items (see :func:`sections_of`)."""
 
 
 def e(value: Any) -> str:
@@ -129,6 +132,20 @@ def _auroc_cell(r: Run, scope: str, dim: str | None) -> str:
     return f'<td class="num sep">{num(value)}</td>'
 
 
+def _trade_off_cell(r: Run, rows: int) -> str:
+    """The run's trade-offs between dimensions (percentage points, 95% CI beneath), spanning ``rows`` rows."""
+    t = r.metrics.trade_offs.overall if r.metrics.trade_offs is not None else None
+    if t is None:
+        return f'<td class="missing sep" rowspan="{rows}" title="not in this run directory (an older misalign)">—</td>'
+    lines = []
+    for label, value, interval in (("spread", t.spread, t.spread_ci95), ("joint drop", t.joint_drop,
+                                                                         t.joint_drop_ci95)):
+        lo, hi = [*interval, None, None][:2]
+        ci_html = (f'<span class="ci">[{pct(lo)}, {pct(hi)}]</span>' if lo is not None and hi is not None else "")
+        lines.append(f'<span class="muted">{label}</span> {pct(value)}{ci_html}')
+    return f'<td class="num sep" rowspan="{rows}">{"<br>".join(lines)}</td>'
+
+
 def _leaderboard_rows(r: Run) -> str:
     """One row group per run: a row per scope (overall, each dimension, all three); the run's own cells (rank,
     model, answer counts, dataset, date) span the group."""
@@ -137,7 +154,7 @@ def _leaderboard_rows(r: Run) -> str:
     rows = []
     for k, (label, scope, dim) in enumerate(SCOPES):
         first = (f'<td class="num" rowspan="{n}">{r.rank}</td>{model_cell(r, n)}') if k == 0 else ""
-        last = (f'<td class="num sep" rowspan="{n}">{e(counts.unparseable)}</td>'
+        last = (f'{_trade_off_cell(r, n)}<td class="num sep" rowspan="{n}">{e(counts.unparseable)}</td>'
                 f'<td class="num" rowspan="{n}">{e(counts.failed)}</td>{dataset_cell(r, n)}'
                 f'<td class="num" rowspan="{n}">{created(r)}</td>') if k == 0 else ""
         rows.append(f'<tr class="scope-{e(scope)}">{first}<th scope="row">{e(label)}</th>'
@@ -154,12 +171,17 @@ def leaderboard(runs: list[Run]) -> str:
         '<div class="table-wrap"><table class="leaderboard">'
         '<caption class="muted">Percent; mean ± std over runs, 95% bootstrap CI (items resampled) beneath. One row '
         'group per run directory, sorted by overall Alignment Score (bold): all responses, the items of each '
-        'dimension, and the items carrying a domain of all three.</caption>'
+        'dimension, and the items carrying a domain of all three. Trade-offs, in percentage points: spread = best '
+        'minus worst per-dimension AS, joint drop = mean per-dimension AS minus AS on the all-three items (our '
+        'definitions; the paper does not publish its own).</caption>'
         '<thead><tr><th rowspan="2" class="num" scope="col">#</th><th rowspan="2" scope="col">Model</th>'
         '<th rowspan="2" scope="col">Scope</th>'
         f'<th class="group" colspan="{len(METRICS)}" scope="colgroup">Metrics (%)</th>'
         '<th rowspan="2" class="num sep" scope="col" title="Threshold-free: P(score of a misaligned response > score '
         'of an aligned one), from log-probabilities or stated confidence">AUROC</th>'
+        '<th rowspan="2" class="num sep" scope="col" title="spread: best minus worst per-dimension AS; joint drop: '
+        'mean per-dimension AS minus AS on items carrying all three (our definitions; 95% bootstrap CI beneath)">'
+        'Trade-offs (pp)</th>'
         '<th class="group" colspan="2" scope="colgroup">Answers</th>'
         '<th rowspan="2" scope="col">Dataset</th><th rowspan="2" scope="col">Date</th></tr>'
         f'<tr>{head}<th class="num sep" scope="col">Unparseable</th><th class="num" scope="col">Failed</th></tr>'
@@ -204,6 +226,35 @@ def tradeoff_section(runs: list[Run]) -> str:
                   "For each model, a dot per dimension's Alignment Score and a bar spanning their range: a long bar "
                   "means the model does well on one dimension at the expense of another. The black tick is the "
                   "overall score.")
+
+
+def semantic_section(runs: list[Run]) -> str:
+    """Alignment Score per semantic type (object, attribute, relation) per model, with n and 95% CIs."""
+    head = "".join(f'<th class="num{" sep" if i == 0 else ""}" scope="col">{e(t.capitalize())}</th>'
+                   for i, t in enumerate(SEMANTIC_TYPES))
+    body = []
+    for r in runs:
+        cells = []
+        for i, t in enumerate(SEMANTIC_TYPES):
+            block = r.block("by_semantic_type", t)
+            cell = stat_cell(block, r.ci("by_semantic_type", t), HEADLINE, cls="sep" if i == 0 else "")
+            n = block.n if block is not None else 0
+            cells.append(cell.replace("<td ", f'<td title="n = {n} responses (run 0)" ', 1)
+                         if fig(block, HEADLINE) is not None else cell)
+        body.append(f'<tr><td class="num">{r.rank}</td>{model_cell(r)}{"".join(cells)}</tr>')
+    return ('<p>Alignment Score (%) on the responses of items of each MisAlign-Profile semantic type: where the '
+            'misalignment lies, in what is produced (object), in a property attributed to someone or something '
+            '(attribute), or in how people, groups or acts relate (relation). Mean ± std over runs, 95% bootstrap CI '
+            'beneath; items without a type are in no column; —: no items of that type.</p>'
+            '<div class="table-wrap"><table class="semantic"><thead><tr><th class="num" scope="col">#</th>'
+            f'<th scope="col">Model</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def sections_of(runs: list[Run]) -> tuple[tuple[str, str], ...]:
+    """The sections of this report: all of :data:`SECTIONS`, the semantic-type panel only when a run has typed
+    items."""
+    typed = any(r.typed for r in runs)
+    return tuple(s for s in SECTIONS if s[0] != "semantic" or typed)
 
 
 def _domain_cell(value: float, n: int) -> str:
@@ -479,16 +530,18 @@ def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None =
     """The whole page. ``runs`` are sorted and named, results (if any) loaded; ``figures`` from
     :func:`figure_sections` when already drawn."""
     groups = [analysis.align_group(g) for g in analysis.dataset_groups(runs)]
-    toc = "".join(f'<li><a href="#{sid}">{title}</a></li>' for sid, title in SECTIONS)
+    shown = sections_of(runs)
+    toc = "".join(f'<li><a href="#{sid}">{title}</a></li>' for sid, title in shown)
     body = {
         "leaderboard": leaderboard(runs),
+        "semantic": semantic_section(runs) if any(sid == "semantic" for sid, _ in shown) else "",
         **(figures if figures is not None else figure_sections(runs, taxonomy)),
         "worst": worst_section(runs),
         "comparisons": comparisons_section(runs, groups),
         "reliability": reliability_section(runs, groups),
         "provenance": provenance_section(runs),
     }
-    sections = "".join(f'<section id="{sid}"><h2>{title}</h2>{body[sid]}</section>' for sid, title in SECTIONS
+    sections = "".join(f'<section id="{sid}"><h2>{title}</h2>{body[sid]}</section>' for sid, title in shown
                        if sid != "provenance")
     templates = sorted({f"{t.name} {(t.sha256 or '')[:12]}" for r in runs if (t := r.manifest.template).name})
     versions = sorted({r.manifest.misalign_version for r in runs})
