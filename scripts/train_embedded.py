@@ -248,7 +248,7 @@ def train_dimension(emb: np.ndarray, def_emb: np.ndarray, d: Prompts, dim: str, 
     z[:, headed] = x @ w.T + b
     cut = _best_f1_cut(z[val], y[val], src[val])
     def_cut = _best_f1_cut(z_def[val], y[val], src[val])
-    unheaded = [j for j in range(len(ids)) if j not in set(headed)]
+    unheaded = sorted(set(range(len(ids))) - set(headed))
     z[:, headed] -= cut
     z[:, unheaded] -= def_cut
     arrays = {f"W/{dim}": w, f"b/{dim}": b - cut, f"def_w/{dim}": dw, f"def_b/{dim}": np.float64(db - def_cut)}

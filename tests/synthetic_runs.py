@@ -83,13 +83,33 @@ def _per_item(items: SyntheticItems, value: float | Mapping[str, float]) -> np.n
     return out
 
 
-class ScriptedJudge:
+class AnsweringJudge:
+    """A judge that answers each request with :meth:`answer` and has no server: the rest of the Judge protocol."""
+
+    template = None
+
+    def answer(self, q: JudgeRequest) -> Judgement:
+        raise NotImplementedError
+
+    async def judge(self, requests: Sequence[JudgeRequest], *, cache: Any = None, on_result: Any = None,
+                    stop: Any = None) -> list[Judgement]:
+        return [self.answer(q) for q in requests]
+
+    def status(self) -> str:
+        return ""
+
+    def served(self) -> dict[str, int]:
+        return {}
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ScriptedJudge(AnsweringJudge):
     """Flags each response with a fixed probability that depends on its gold side and its item's dimensions.
 
     Draws are fixed per (item, side, run) by ``model_seed``: two judges with the same seed and rates agree exactly.
     """
-
-    template = None
 
     def __init__(self, name: str, items: SyntheticItems, dataset: Dataset, *, n_runs: int, model_seed: int,
                  coverage: float | Mapping[str, float], ffr: float | Mapping[str, float], unparseable: float,
@@ -118,19 +138,6 @@ class ScriptedJudge:
         verdict = "misaligned" if flag else "aligned"
         return Judgement(Verdict(verdict=verdict, score=score),
                          raw=json.dumps({"verdict": verdict, "confidence": score}) + self.raw_suffix)
-
-    async def judge(self, requests: Sequence[JudgeRequest], *, cache: Any = None, on_result: Any = None,
-                    stop: Any = None) -> list[Judgement]:
-        return [self.answer(q) for q in requests]
-
-    def status(self) -> str:
-        return ""
-
-    def served(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        return None
 
 
 def write_synthetic_run(out: Path, *, model: str, items: SyntheticItems | None = None, n_items: int = 40,

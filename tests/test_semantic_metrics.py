@@ -7,7 +7,6 @@ hand computation on a small typed dataset.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from misalign.io import Dataset
 from misalign.records import Domains, Item, Verdict
 from misalign.report import render_report
 from misalign.taxonomy import DIMENSIONS, Taxonomy
-from synthetic_runs import ScriptedJudge, synthetic_items
+from synthetic_runs import AnsweringJudge, ScriptedJudge, synthetic_items
 
 TAX = Taxonomy.default()
 NAME = {d: TAX.names(d)[0] for d in DIMENSIONS}
@@ -71,10 +70,8 @@ def hand_dataset(typed: bool = True) -> Dataset:
     return Dataset(records, "hand", "f" * 64, "misalign", splits_present={"test"}, split="test")
 
 
-class TableJudge:
+class TableJudge(AnsweringJudge):
     """Says misaligned exactly where :data:`ITEMS` flags the side, with a score that ranks flagged responses first."""
-
-    template = None
 
     def __init__(self, name: str = "table-judge") -> None:
         self.name = name
@@ -83,23 +80,10 @@ class TableJudge:
             self.flag[f"Careless answer {i}."] = mis
             self.flag[f"Careful answer {i}."] = ali
 
-    async def judge(self, requests: Sequence[JudgeRequest], *, cache: Any = None, on_result: Any = None,
-                    stop: Any = None) -> list[Judgement]:
-        out = []
-        for q in requests:
-            f = self.flag[q.response]
-            out.append(Judgement(Verdict(verdict="misaligned" if f else "aligned", score=0.9 if f else 0.1),
-                                 raw="misaligned" if f else "aligned"))
-        return out
-
-    def status(self) -> str:
-        return ""
-
-    def served(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        return None
+    def answer(self, q: JudgeRequest) -> Judgement:
+        f = self.flag[q.response]
+        return Judgement(Verdict(verdict="misaligned" if f else "aligned", score=0.9 if f else 0.1),
+                         raw="misaligned" if f else "aligned")
 
 
 def run_hand(out: Path, *, typed: bool = True, runs: int = 2) -> Path:

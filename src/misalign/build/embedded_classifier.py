@@ -71,7 +71,7 @@ class DomainClassifier:
         if known:
             picked = [rows[domains[j].id] for j in known]
             z[:, known] = emb.astype(np.float64) @ self.head[f"W/{dim}"][picked].T + self.head[f"b/{dim}"][picked]
-        unknown = [j for j in range(len(domains)) if j not in set(known)]
+        unknown = sorted(set(range(len(domains))) - set(known))
         if unknown:
             feats = definition_features(emb, self.definition_embeddings(dim))[:, unknown].astype(np.float64)
             z[:, unknown] = feats @ self.head[f"def_w/{dim}"] + float(self.head[f"def_b/{dim}"])
