@@ -137,7 +137,7 @@ def classifier_data(data: Path, tax: Taxonomy) -> Prompts:
 
 def embed_cached(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     """Embeddings of ``texts``, from ``$MISALIGN_CACHE/training/<encoder>-<backend>.npz`` where known."""
-    path = cache_dir() / "training" / f"{encoder.name}-{getattr(encoder, 'backend', 'torch')}.npz"
+    path = cache_dir() / "training" / f"{encoder.name}-{encoder.backend}.npz"
     known: dict[bytes, np.ndarray] = {}
     if path.exists():
         with np.load(path) as f:
@@ -315,7 +315,7 @@ def build(data: Path, encoders: Sequence[str]) -> tuple[dict[str, tuple[dict, di
     base_meta = {"taxonomy": tax.version, "script": "scripts/train_embedded.py"}
     for name in encoders:
         encoder = Encoder(name)
-        enc_meta = {**base_meta, "encoder": name, "backend": getattr(encoder, "backend", "torch"),
+        enc_meta = {**base_meta, "encoder": name, "backend": encoder.backend,
                     "max_seq_length": str(encoder.max_seq_length)}
         if name == "minilm":
             arrays, report["judge"] = train_judge(judge_data(data), encoder)

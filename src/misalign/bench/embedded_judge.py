@@ -15,7 +15,7 @@ import numpy as np
 from misalign.bench.judge import Judgement, JudgeRequest, OnResult
 from misalign.models import EMBEDDED, CallCache, Stop
 from misalign.models.embedded import Encoder
-from misalign.models.heads import Head, load_head
+from misalign.models.heads import Head, check_encoder, load_head
 from misalign.records import Verdict
 
 JUDGE_HEAD = "judge-minilm"
@@ -53,14 +53,13 @@ class EmbeddedJudge:
     def __init__(self, encoder: Encoder | None = None, head: Head | None = None) -> None:
         self.encoder = encoder or Encoder()
         self.head = head or load_head(JUDGE_HEAD)
-        if self.head.meta["encoder"] != self.encoder.name:
-            raise ValueError(f"the judge head was trained on {self.head.meta['encoder']} embeddings, "
-                             f"not {self.encoder.name}")
+        check_encoder(self.head, self.encoder)
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the trained head (a digest of its weights and metadata): part of every cached score's key."""
-        return self.head.meta["digest"]
+        """The trained head (a digest of its weights and metadata) and the encoder backend that feeds it: part of
+        every cached score's key."""
+        return f"{self.head.meta['digest']}/{self.encoder.backend}"
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """P(misaligned) for each prompt + response pair."""

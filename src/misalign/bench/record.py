@@ -276,6 +276,9 @@ class Manifest(BaseModel):
     """Seed of each run."""
     template: TemplateRef
     """The judge template."""
+    scorer: str | None = None
+    """The embedded judge's trained head (digest) and encoder backend, e.g. ``embedded:3f2a.../onnx-int8``; None
+    for a chat-model judge."""
     config: dict[str, Any]
     """Settings that decide the results (:class:`misalign.bench.runner.EvalConfig`)."""
     endpoint: dict[str, Any] = Field(default_factory=dict)

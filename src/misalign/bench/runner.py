@@ -441,12 +441,14 @@ def make_manifest(dataset: Dataset, config: EvalConfig, judge: Judge, endpoint: 
         record_version=RECORD_VERSION, misalign_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         python=sys.version.split()[0], platform=platform.platform(),
-        packages=_versions(["numpy", "pydantic", "aiohttp", "torch", "sentence-transformers", "scikit-learn"]),
+        packages=_versions(["numpy", "pydantic", "aiohttp", "torch", "sentence-transformers", "scikit-learn",
+                            "onnxruntime"]),
         model=config.model,
         dataset={"source": dataset.source, "sha256": dataset.sha256, "shape": dataset.shape, "items": len(dataset),
                  "split": dataset.split, "rejected": dataset.rejected, "rejects": dataset.rejects_path},
         seeds=[config.seed + r for r in range(config.runs)],
         template={"name": template.name if template else None, "sha256": template.sha256 if template else None},
+        scorer=f"{judge.name}:{judge.fingerprint}" if getattr(judge, "fingerprint", None) else None,
         config=asdict(config), endpoint=(endpoint or Endpoint()).redacted(),
         command=redact_args(list(command) if command is not None else [os.path.basename(sys.argv[0]), *sys.argv[1:]]))
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from misalign.models.embedded import Encoder
-from misalign.models.heads import Head, load_head
+from misalign.models.heads import Head, check_encoder, load_head
 from misalign.taxonomy import DIMENSIONS, Domain, Taxonomy
 
 
@@ -48,9 +48,7 @@ class DomainClassifier:
     def __init__(self, encoder: Encoder, taxonomy: Taxonomy, head: Head | None = None) -> None:
         self.encoder, self.taxonomy = encoder, taxonomy
         self.head = head or load_head(classifier_head_name(encoder.name))
-        if self.head.meta["encoder"] != encoder.name:
-            raise ValueError(f"the classifier head was trained on {self.head.meta['encoder']} embeddings, "
-                             f"not {encoder.name}")
+        check_encoder(self.head, encoder)
         self._def_emb: dict[str, np.ndarray] = {}
 
     def shipped(self, dim: str) -> list[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +29,21 @@ class Head:
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.arrays[key]
+
+
+def check_encoder(head: Head, encoder: Any) -> None:
+    """Raise if ``head`` was trained on another encoder's embeddings; warn once (one line) if on another backend
+    of the same encoder (for example onnx-int8 heads on torch-fp32 embeddings: cosine ~0.99, close, not equal)."""
+    if head.meta["encoder"] != encoder.name:
+        raise ValueError(f"the {head.name} head was trained on {head.meta['encoder']} embeddings, not {encoder.name}")
+    trained_on = head.meta.get("backend", encoder.backend)
+    if trained_on != encoder.backend and (head.name, encoder.backend) not in _warned:
+        _warned.add((head.name, encoder.backend))
+        print(f"warning: the {head.name} head was trained on {trained_on} embeddings and runs on {encoder.backend}: "
+              "scores are close to, not equal to, the model card's", file=sys.stderr)
+
+
+_warned: set[tuple[str, str]] = set()
 
 
 def head_path(name: str, folder: Path = HEADS_DIR) -> Path:
