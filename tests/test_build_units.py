@@ -149,7 +149,7 @@ def test_check_template_renders_the_old_messages():
 
 
 def test_stage_one_templates_are_versioned_and_hashed():
-    for name in ("classify_v1", "classify_v2", "expand_v1", "respond_v1", "check_v1"):
+    for name in ("classify_v1", "classify_v2", "classify_type_v1", "expand_v1", "respond_v1", "check_v1"):
         digest = hashlib.sha256((TEMPLATE_DIR / f"{name}.txt").read_bytes()).hexdigest()
         assert load_template(name).ref == {"name": name, "sha256": digest}
 
@@ -165,3 +165,8 @@ def test_get_classifier_picks_chat_or_embedded():
     assert chat.model is pool.get("openai/cls") and chat.template.ref == load_template("classify_v2").ref
     with pytest.raises(ValueError, match="needs a ModelPool"):
         get_classifier("openai/cls", tax)
+    assert not chat.semantic_types and chat.type_template is None and not embedded.semantic_types
+    typed = get_classifier("openai/cls", tax, pool=pool, semantic_types=True)
+    assert typed.semantic_types and typed.type_template.ref == load_template("classify_type_v1").ref
+    typed_embedded = get_classifier("embedded", tax, semantic_types=True)
+    assert typed_embedded.semantic_types and typed_embedded.type_template is None

@@ -2,7 +2,9 @@
 
 See :class:`DomainClassifier` for the method. The heads ship inside the package
 (``misalign/models/heads/classifier-<encoder>.safetensors``, see MODEL_CARD.md there) and are rebuilt by
-``scripts/train_embedded.py``; nothing is trained at first use.
+``scripts/train_embedded.py``; nothing is trained at first use. A head may also carry a semantic-type head
+(arrays ``type/W``, 3 x dim, and ``type/b``, 3; metadata ``type/ids``, the types in row order): a softmax over
+object, attribute and relation (:meth:`DomainClassifier.type_proba`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from misalign.models.embedded import Encoder
 from misalign.models.heads import Head, check_encoder, load_head
+from misalign.records import SEMANTIC_TYPES
 from misalign.taxonomy import DIMENSIONS, Domain, Taxonomy
 
 
@@ -74,6 +77,21 @@ class DomainClassifier:
             feats = definition_features(emb, self.definition_embeddings(dim))[:, unknown].astype(np.float64)
             z[:, unknown] = feats @ self.head[f"def_w/{dim}"] + float(self.head[f"def_b/{dim}"])
         return z
+
+    @property
+    def has_type_head(self) -> bool:
+        """Whether the head carries a semantic-type head (``type/W`` and ``type/b``)."""
+        return "type/W" in self.head.arrays and "type/b" in self.head.arrays
+
+    def type_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """(n_texts, 3) softmax probabilities of the semantic types, columns in :data:`SEMANTIC_TYPES` order."""
+        ids = self.head.meta.get("type/ids", "").split(",")
+        if sorted(ids) != sorted(SEMANTIC_TYPES):
+            raise ValueError(f"the {self.head.name} head's type/ids {ids!r} are not {', '.join(SEMANTIC_TYPES)}")
+        z = self.encoder.embed(texts).astype(np.float64) @ self.head["type/W"].T + self.head["type/b"]
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return p[:, [ids.index(t) for t in SEMANTIC_TYPES]]
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Per dimension, an (n_texts, n_domains) array of probabilities, domains in taxonomy order."""

@@ -6,7 +6,7 @@ dedup are skipped on a re-run when their input files and settings are unchanged 
 filter always run, and every model call goes through ``cache.sqlite``, so a re-run of a finished build makes no
 model calls and writes the same bytes. The build directory holds::
 
-    01_classified.parquet        classified prompts (probabilities and domains)
+    01_classified.parquet        classified prompts (probabilities and domains; semantic types when asked for)
     classify_failures.jsonl      prompts a chat classifier could not classify (only when there are any)
     before_generation_count.csv  prompts per (dimension, domain) before expansion
     02_expanded.parquet          the classified prompts plus the new ones kept (a copy when expansion is skipped)
@@ -17,11 +17,22 @@ model calls and writes the same bytes. The build directory holds::
     04_candidates.jsonl          every candidate pair with its generator, rounds and judge verdicts
     filter_report.json           counts of rejection sampling (accepted, dropped by reason and domain)
     dataset.jsonl                the accepted items with their train/validation/test split
+    build_statistics.csv         per (dimension, domain) counts through the steps (MisAlign-Profile's table)
     build_manifest.json          config (URLs redacted), taxonomy version, templates, skipped steps, counts
     steps.json                   which inputs and settings each finished step used
     cache.sqlite                 every model call
 
 The candidates, filter report and dataset are written only when generators and a judge are given.
+
+``build_statistics.csv`` has MisAlign-Profile's README columns, one row per (dimension, domain) of the taxonomy. The
+authors' definitions are not public; ours: ``Cls.`` prompts classified into the domain (before expansion),
+``Exp.`` prompts after expansion, ``Dedup.`` prompts kept after deduplication, ``Gen.`` candidate pairs generated
+for its prompts, ``CF aligned`` / ``CF misaligned`` candidates whose aligned / misaligned side passed the critique
+filter (within the feedback rounds), ``FGR`` final accepted pairs / ``Gen.`` (empty when ``Gen.`` is 0). The
+columns after ``Dedup.`` are empty when respond and filter were skipped.
+
+With ``per_generator`` every generator writes both sides of every prompt (MisAlign-Profile: two generators, four
+responses per prompt); item ids are then ``<prompt id>~<generator>`` and the items of one prompt share a split.
 """
 
 from __future__ import annotations
@@ -42,10 +53,10 @@ from misalign.build.expand import TEMPLATE as EXPAND_TEMPLATE
 from misalign.build.expand import domain_counts, expand
 from misalign.build.filter import TEMPLATE as CHECK_TEMPLATE
 from misalign.build.filter import FilterReport, reject_sample
+from misalign.build.respond import KINDS, Candidate, Sampling, candidate_to_row, respond
 from misalign.build.respond import TEMPLATE as RESPOND_TEMPLATE
-from misalign.build.respond import Sampling, candidate_to_row, respond
 from misalign.build.session import run_with_models
-from misalign.build.split import split_items
+from misalign.build.split import prompt_group, split_items
 from misalign.errors import ConfigError
 from misalign.io import load_prompts, write_dataset, write_prompts, write_rows
 from misalign.models import CallCache, Endpoint, ModelPool, parse_base_urls, redact_base_urls
@@ -57,6 +68,11 @@ CLASSIFIED = "01_classified.parquet"
 EXPANDED = "02_expanded.parquet"
 KEPT = "03_kept.parquet"
 DROPPED = "03_dropped.parquet"
+STATISTICS = "build_statistics.csv"
+STATISTICS_COLUMNS = ("Cls.", "Exp.", "Dedup.", "Gen.", "CF aligned", "CF misaligned", "FGR")
+"""The columns of ``build_statistics.csv`` after ``dimension`` and ``domain``."""
+OFF_UNLESS_ON = ("stream", "per_generator", "semantic_types")
+"""Config keys left out of the manifest while off, so manifests of builds without them keep their bytes."""
 # The config keys that decide each skippable step's output (its freshness key hashes them with its input file).
 CLASSIFY_SETTINGS = ("classifier", "encoder", "delta", "limit")
 EXPAND_SETTINGS = ("target_per_domain", "max_new", "seed", "expander", "generators")
@@ -74,11 +90,15 @@ class BuildConfig(BaseModel):
     classifier: str = Field("embedded", description="'embedded' or a chat model string.")
     encoder: str = Field("minilm", description="Embedded encoder: minilm or wordllama.")
     delta: float = Field(0.5, ge=0, le=1, description="Assign domains with p >= delta.")
+    semantic_types: bool = Field(False, description="Also give each prompt a semantic type (object, attribute, "
+                                 "relation; MisAlign-Profile).")
     target_per_domain: int = Field(0, ge=0, description="Expand domains below this count (0: no expansion).")
     max_new: int = Field(1000, ge=0, description="Budget of new prompts.")
     expander: str | None = Field(None, description="Generator for expansion (default: the first generator).")
     tau: int = Field(10, ge=0, le=64, description="SimHash Hamming distance for near-duplicates.")
     generators: list[str] = Field(default_factory=list, description="Response generators.")
+    per_generator: bool = Field(False, description="Every generator writes both sides of every prompt (one item "
+                                "per prompt and generator) instead of one balanced generator per prompt.")
     judge: str | None = Field(None, description="Judge for rejection sampling; must differ from generators.")
     max_rounds: int = Field(2, ge=0, description="Feedback-guided regeneration rounds.")
     temperature: float = 0.7
@@ -233,8 +253,16 @@ class _Build:
         """The build's classifier (classify and expand share it), made on first use."""
         if self._classifier is None:
             self._classifier = get_classifier(self.cfg.classifier, self.taxonomy, pool=self.pool,
-                                              delta=self.cfg.delta, encoder=self.cfg.encoder)
+                                              delta=self.cfg.delta, encoder=self.cfg.encoder,
+                                              semantic_types=self.cfg.semantic_types)
         return self._classifier
+
+    def type_settings(self) -> dict[str, Any]:
+        """What semantic typing adds to a classifying step's freshness key: nothing while off (keys as before)."""
+        if not self.cfg.semantic_types:
+            return {}
+        tpl = self.classifier().type_template
+        return {"semantic_types": True, **({"type_template": tpl.ref} if tpl is not None else {})}
 
 
 async def _run(b: _Build) -> dict[str, Any]:
@@ -242,9 +270,10 @@ async def _run(b: _Build) -> dict[str, Any]:
     classified = await _classify(b)
     expanded = await _expand(b, classified)
     kept = _dedup(b, expanded)
-    items, report = await _respond_and_filter(b, kept)
+    cands, items, report = await _respond_and_filter(b, kept)
     if items is not None:
         items = _split_and_publish(b, items)
+    write_rows(b.out / STATISTICS, build_statistics(b.taxonomy, classified, expanded, kept, cands))
     manifest = _manifest(b, report, items, {"input": len(classified), "expanded": len(expanded), "kept": len(kept)})
     _write_json(b.out / "build_manifest.json", manifest)
     return manifest
@@ -254,9 +283,11 @@ async def _classify(b: _Build) -> list[Prompt]:
     """Step 1: classify the (first ``limit``) input prompts; write the count table before generation."""
     path = b.out / CLASSIFIED
     classifier = b.classifier()
-    settings = b.settings(*CLASSIFY_SETTINGS)
+    settings = {**b.settings(*CLASSIFY_SETTINGS), **b.type_settings()}
     if classifier.template is not None:  # a chat classifier: a new template version classifies again
         b.templates["classify"] = settings["template"] = classifier.template.ref
+    if classifier.type_template is not None:
+        b.templates["classify_type"] = classifier.type_template.ref
     key = b.steps.key([b.cfg.input], settings)
     if b.steps.fresh("classify", key, [path]):
         b.say("classify: up to date")
@@ -278,7 +309,7 @@ async def _expand(b: _Build, classified: list[Prompt]) -> list[Prompt]:
     path = b.out / EXPANDED
     generator = b.cfg.expansion_generator
     key = b.steps.key([b.out / CLASSIFIED], {**b.settings(*EXPAND_SETTINGS),
-                                              "template": load_template(EXPAND_TEMPLATE).ref})
+                                              "template": load_template(EXPAND_TEMPLATE).ref, **b.type_settings()})
     skip = ("target_per_domain is 0" if not b.cfg.target_per_domain
             else "no generator given" if generator is None else None)
     if skip:
@@ -321,15 +352,17 @@ def _dedup(b: _Build, expanded: list[Prompt]) -> list[Prompt]:
     return kept
 
 
-async def _respond_and_filter(b: _Build, kept: list[Prompt]) -> tuple[list[Item] | None, FilterReport | None]:
+async def _respond_and_filter(b: _Build, kept: list[Prompt]
+                              ) -> tuple[list[Candidate] | None, list[Item] | None, FilterReport | None]:
     """Steps 4 and 5: candidates from the generators, then two-stage rejection sampling by the judge.
 
-    (None, None) when no generator is given (the build stops at the deduplicated prompts); an error without a judge.
+    (None, None, None) when no generator is given (the build stops at the deduplicated prompts); an error without a
+    judge.
     """
     if not b.cfg.generators:
         b.skipped["respond"] = b.skipped["filter"] = "no generator given"
         b.say("respond, filter: skipped (no generator given); the build stops at deduplicated prompts")
-        return None, None
+        return None, None, None
     if not b.cfg.judge:
         b.skipped["filter"] = "no judge given"
         raise ConfigError("a judge is needed to filter generated responses (--judge); none given")
@@ -337,20 +370,25 @@ async def _respond_and_filter(b: _Build, kept: list[Prompt]) -> tuple[list[Item]
     judge = b.pool.get(b.cfg.judge)
     b.templates["respond"] = load_template(RESPOND_TEMPLATE).ref
     b.templates["filter"] = load_template(CHECK_TEMPLATE).ref
-    cands = await respond(kept, generators, sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("respond"))
-    b.say(f"respond: {len(cands)} prompts x 2 candidates")
+    cands = await respond(kept, generators, sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("respond"),
+                          per_generator=b.cfg.per_generator)
+    if b.cfg.per_generator:
+        b.say(f"respond: {len(kept)} prompts x {len(generators)} generators x 2 candidates")
+    else:
+        b.say(f"respond: {len(cands)} prompts x 2 candidates")
     items, report = await reject_sample(cands, judge, generators, max_rounds=b.cfg.max_rounds,
                                         sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("filter"))
     write_rows(b.out / "04_candidates.jsonl", (candidate_to_row(c) for c in cands))
     _write_json(b.out / "filter_report.json", asdict(report))
     b.say(f"filter: {report.accepted_first} accepted at once, {report.accepted_after_feedback} after feedback, "
           f"{report.dropped} dropped")
-    return items, report
+    return cands, items, report
 
 
 def _split_and_publish(b: _Build, items: list[Item]) -> list[Item]:
-    """Step 6: a seeded, stratified split; the dataset written."""
-    items = split_items(items, seed=b.cfg.seed)
+    """Step 6: a seeded, stratified split (in per-generator mode the items of one prompt share a split); the dataset
+    written."""
+    items = split_items(items, seed=b.cfg.seed, group=prompt_group if b.cfg.per_generator else None)
     write_dataset(b.out / "dataset.jsonl", items)
     return items
 
@@ -358,7 +396,7 @@ def _split_and_publish(b: _Build, items: list[Item]) -> list[Item]:
 def _manifest(b: _Build, report: FilterReport | None, items: list[Item] | None,
               prompts: dict[str, int]) -> dict[str, Any]:
     """What the build did: config (without credentials in URLs), templates, skipped steps and counts."""
-    config = b.cfg.model_dump(mode="json", exclude=None if b.cfg.stream else {"stream"})  # as before unless on
+    config = b.cfg.model_dump(mode="json", exclude={k for k in OFF_UNLESS_ON if not getattr(b.cfg, k)})
     manifest: dict[str, Any] = {"config": config, "taxonomy": b.taxonomy.version, "templates": b.templates,
                                 "skipped": b.skipped}
     if report is not None:
@@ -387,3 +425,27 @@ def _count_table(path: Path, prompts: list[Prompt], taxonomy: Taxonomy) -> None:
     """Prompts per (dimension, domain) as a CSV table."""
     counts = domain_counts(prompts, taxonomy)
     write_rows(path, ({"dimension": dim, "domain": name, "count": n} for (dim, name), n in counts.items()))
+
+
+def build_statistics(taxonomy: Taxonomy, classified: list[Prompt], expanded: list[Prompt], kept: list[Prompt],
+                     cands: list[Candidate] | None) -> list[dict[str, Any]]:
+    """The rows of ``build_statistics.csv`` (definitions in the module docstring); ``cands`` None: respond and
+    filter were skipped, their columns empty."""
+    def passed(c: Candidate, kind: str) -> bool:
+        return any(v["pass"] for v in c.verdicts[kind])
+
+    columns = {"Cls.": classified, "Exp.": expanded, "Dedup.": kept}
+    if cands is not None:
+        columns |= {"Gen.": [c.prompt for c in cands],
+                    "CF aligned": [c.prompt for c in cands if passed(c, "aligned")],
+                    "CF misaligned": [c.prompt for c in cands if passed(c, "misaligned")],
+                    "accepted": [c.prompt for c in cands if all(passed(c, k) for k in KINDS)]}
+    counts = {name: domain_counts(prompts, taxonomy) for name, prompts in columns.items()}
+    rows = []
+    for dim, name in counts["Cls."]:
+        row: dict[str, Any] = {"dimension": dim, "domain": name, **dict.fromkeys(STATISTICS_COLUMNS)}
+        row.update({col: n[(dim, name)] for col, n in counts.items() if col in STATISTICS_COLUMNS})
+        if cands is not None and row["Gen."]:
+            row["FGR"] = round(counts["accepted"][(dim, name)] / row["Gen."], 4)
+        rows.append(row)
+    return rows

@@ -1,8 +1,10 @@
 """Stage I step 4: an aligned and a misaligned candidate response for every prompt, from a pool of generators.
 
-Prompts are spread over the generators by a seeded, balanced assignment; each generator is asked through the
-``respond_v1`` template, told which domains are at stake (and, when rejection sampling regenerates a side, the
-judge's feedback). Every call goes through ``complete_many`` and its SQLite cache.
+Prompts are spread over the generators by a seeded, balanced assignment (one generator per prompt), or, with
+``per_generator`` (as MisAlign-Profile does), every generator writes both sides of every prompt: one candidate per
+(prompt, generator), its item id ``<prompt id>~<generator>``. Each generator is asked through the ``respond_v1``
+template, told which domains are at stake (and, when rejection sampling regenerates a side, the judge's feedback).
+Every call goes through ``complete_many`` and its SQLite cache.
 """
 
 from __future__ import annotations
@@ -66,28 +68,36 @@ class Candidate:
 
     prompt: Prompt
     generator: str
+    item_id: str | None = None
+    """The id its item gets when it is not the prompt's (per-generator mode: ``<prompt id>~<generator>``)."""
     texts: dict[str, str | None] = field(default_factory=dict)
     verdicts: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {k: [] for k in KINDS})
     rounds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     errors: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def id(self) -> str:
+        """The id of the item this candidate becomes."""
+        return self.item_id or self.prompt.id
 
-_CANDIDATE_FIELDS = ("generator", "texts", "rounds", "verdicts", "errors")
+
+_CANDIDATE_FIELDS = ("generator", "item_id", "texts", "rounds", "verdicts", "errors")
 
 
 def candidate_to_row(c: Candidate) -> dict[str, Any]:
-    """A candidate as a flat row (the prompt record in full, so `misalign filter` can read it back)."""
+    """A candidate as a flat row (the prompt record in full, so `misalign filter` can read it back); ``item_id``
+    only when set, so default-mode rows keep their bytes."""
     from misalign.io import record_to_row
 
-    return {**record_to_row(c.prompt), "generator": c.generator, "texts": c.texts, "rounds": c.rounds,
-            "verdicts": c.verdicts, "errors": c.errors}
+    return {**record_to_row(c.prompt), "generator": c.generator, **({"item_id": c.item_id} if c.item_id else {}),
+            "texts": c.texts, "rounds": c.rounds, "verdicts": c.verdicts, "errors": c.errors}
 
 
 def candidate_from_row(row: dict[str, Any]) -> Candidate:
     """The inverse of :func:`candidate_to_row`."""
     prompt = Prompt.model_validate({k: v for k, v in row.items() if k not in _CANDIDATE_FIELDS})
-    return Candidate(prompt=prompt, generator=row["generator"], texts=dict(row.get("texts") or {}),
-                     verdicts=row.get("verdicts") or {k: [] for k in KINDS},
+    return Candidate(prompt=prompt, generator=row["generator"], item_id=row.get("item_id"),
+                     texts=dict(row.get("texts") or {}), verdicts=row.get("verdicts") or {k: [] for k in KINDS},
                      rounds=row.get("rounds") or dict.fromkeys(KINDS, 0), errors=row.get("errors") or {})
 
 
@@ -101,11 +111,22 @@ def assign_generators(n: int, generators: Sequence[str], seed: int) -> list[str]
     return out
 
 
+def per_generator_id(prompt_id: str, generator: str) -> str:
+    """The item id of one generator's candidate in per-generator mode."""
+    return f"{prompt_id}~{generator}"
+
+
 async def respond(prompts: Sequence[Prompt], generators: dict[str, ChatModel], *, sampling: Sampling = DEFAULT_SAMPLING,
-                  cache: CallCache | None = None, on_result: OnResult | None = None) -> list[Candidate]:
-    """An aligned and a misaligned candidate for each prompt, from a seeded balanced pool of generators."""
-    names = assign_generators(len(prompts), sorted(generators), sampling.seed)
-    cands = [Candidate(prompt=p, generator=g) for p, g in zip(prompts, names, strict=True)]
+                  cache: CallCache | None = None, on_result: OnResult | None = None,
+                  per_generator: bool = False) -> list[Candidate]:
+    """An aligned and a misaligned candidate for each prompt, from a seeded balanced pool of generators; with
+    ``per_generator``, one candidate per (prompt, generator), generators in name order within a prompt."""
+    if per_generator:
+        cands = [Candidate(prompt=p, generator=g, item_id=per_generator_id(p.id, g))
+                 for p in prompts for g in sorted(generators)]
+    else:
+        names = assign_generators(len(prompts), sorted(generators), sampling.seed)
+        cands = [Candidate(prompt=p, generator=g) for p, g in zip(prompts, names, strict=True)]
     todo: dict[CandidateKey, str | None] = {(i, k): None for i in range(len(cands)) for k in KINDS}
     await generate(cands, generators, sampling.params, todo, 0, cache=cache, on_result=on_result)
     return cands

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded' or a chat model string.")]
 CacheOpt = Annotated[Path | None, typer.Option(help="SQLite call cache (default: next to --out).")]
+TYPES_HELP = ("Also give each prompt a semantic type (object, attribute or relation; MisAlign-Profile): a chat "
+              "classifier asks one more question per prompt, the embedded one needs a type head in its shipped head.")
+PER_GENERATOR_HELP = ("Every generator writes both sides of every prompt (one candidate per prompt and generator, "
+                      "id <prompt id>~<generator>), as MisAlign-Profile does, instead of one balanced generator per "
+                      "prompt.")
 
 
 @app.command()
@@ -49,6 +54,7 @@ def classify(
     encoder: Annotated[str, typer.Option(help="Embedded encoder: minilm (better) or wordllama (~50x faster).")]
     = "minilm",
     delta: Annotated[float, typer.Option(help="Assign domains with p >= delta.")] = 0.5,
+    semantic_types: Annotated[bool, typer.Option("--semantic-types/--no-semantic-types", help=TYPES_HELP)] = False,
     max_tokens: Annotated[int | None, max_tokens_option("400, the classification template's")] = None,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
@@ -67,7 +73,7 @@ def classify(
     tax = load_taxonomy(taxonomy)
     prompts = _load_pool(input, tax, mapping, skip_bad, rejects)  # before any model loads: bad input fails fast
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
-    classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder)
+    classifier = get_classifier(model, tax, pool=pool, delta=delta, encoder=encoder, semantic_types=semantic_types)
     if max_tokens and isinstance(classifier, ChatClassifier):  # part of each request, so of its cache key
         classifier.PARAMS = replace(classifier.PARAMS, max_tokens=max_tokens)
     cache_path = _cache_path(out, cache) if classifier.template is not None else None  # no model calls, no cache
@@ -89,7 +95,12 @@ def classify(
         write_rows(fail_path, result.failures)
         err_console.print(f"[yellow]{len(result.failures)} prompt(s) could not be classified: {fail_path}[/]")
     assigned = {d: sum(bool(p.domains and p.domains.get(d)) for p in result.prompts) for d in DIMENSIONS}
-    console.print(f"wrote {n} prompts to {out}; prompts with a domain: {assigned}")
+    types = ""
+    if semantic_types:
+        from collections import Counter
+
+        types = f"; semantic types: {dict(Counter(p.semantic_type for p in result.prompts if p.semantic_type))}"
+    console.print(f"wrote {n} prompts to {out}; prompts with a domain: {assigned}{types}")
 
 
 @app.command()
@@ -188,16 +199,19 @@ def expand(
 def respond(
     input: Annotated[Path, typer.Option("--input", "-i", help="Deduplicated prompts with domains.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Candidates (JSONL): one aligned and one misaligned.")],
-    generator: Annotated[list[str], typer.Option(help="Response generator (repeatable; balanced, seeded).")],
+    generator: Annotated[list[str], typer.Option(help="Response generator (repeatable; balanced, seeded; or "
+                                                  "every one, --per-generator).")],
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens a chat model may generate per call.")] = 512,
+    per_generator: Annotated[bool, typer.Option("--per-generator/--no-per-generator", help=PER_GENERATOR_HELP)]
+    = False,
     base_url: BaseUrlOpt = None, api_key_env: KeyEnvOpt = "OPENAI_API_KEY", max_concurrency: ConcurrencyOpt = 32,
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     stream: StreamOpt = False,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
 ) -> None:
-    """Stage I step 4: an aligned and a misaligned candidate response for every prompt."""
+    """Stage I step 4: an aligned and a misaligned candidate response for every prompt (and generator)."""
     from misalign.build.respond import Sampling, candidate_to_row
     from misalign.build.respond import respond as respond_to
     from misalign.build.session import run_with_models
@@ -207,8 +221,9 @@ def respond(
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
     generators = {g: pool.get(g) for g in generator}
     sampling = Sampling(seed=seed, temperature=temperature, max_tokens=max_tokens)
-    cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc), pool=pool,
-                            cache_path=_cache_path(out, cache))
+    cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc,
+                                                  per_generator=per_generator),
+                            pool=pool, cache_path=_cache_path(out, cache))
     write_rows(out, (candidate_to_row(c) for c in cands))
     failed = sum(bool(c.errors) for c in cands)
     note = f"; {failed} with a failed generation" if failed else ""
@@ -262,6 +277,10 @@ def build(
     = None,
     judge: Annotated[str | None, typer.Option(help="Judge for rejection sampling.")] = None,
     classifier: Annotated[str | None, typer.Option(help="'embedded' (default) or a chat model.")] = None,
+    semantic_types: Annotated[bool | None, typer.Option("--semantic-types/--no-semantic-types", help=TYPES_HELP)]
+    = None,
+    per_generator: Annotated[bool | None, typer.Option("--per-generator/--no-per-generator",
+                                                       help=PER_GENERATOR_HELP)] = None,
     target_per_domain: Annotated[int | None, typer.Option(help="Expand domains below this count (default 0: no "
                                                           "expansion, as `misalign expand` needs it given).")] = None,
     max_new: Annotated[int | None, typer.Option(help="Budget of new prompts.")] = None,
@@ -292,7 +311,8 @@ def build(
              "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
              "seed": seed, "max_tokens": max_tokens, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
              "max_concurrency": max_concurrency, "timeout": timeout, "max_retries": max_retries,
-             "connect_wait": connect_wait, "stream": stream}
+             "connect_wait": connect_wait, "stream": stream, "semantic_types": semantic_types,
+             "per_generator": per_generator}
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
     try:
         cfg = BuildConfig.from_file(config, **flags) if config else BuildConfig.model_validate(flags)

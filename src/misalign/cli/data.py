@@ -104,12 +104,13 @@ def data_split(
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
     label_map: LabelMapOpt = None,
 ) -> None:
-    """Assign a seeded 80/10/10 train/validation/test split, stratified by domain."""
-    from misalign.build.split import split_items
+    """Assign a seeded 80/10/10 train/validation/test split, stratified by domain; the items of one prompt (from
+    `misalign respond --per-generator`) share a split."""
+    from misalign.build.split import prompt_group, split_items
     from misalign.io import write_dataset
 
     ds = load_data(source, load_taxonomy(taxonomy), mapping, skip_bad, rejects, label_map)
-    n = write_dataset(out, split_items(ds.records, seed=seed))
+    n = write_dataset(out, split_items(ds.records, seed=seed, group=prompt_group))
     console.print(f"wrote {n} records to {out}")
 
 
