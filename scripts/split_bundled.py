@@ -12,7 +12,7 @@ import json
 from misalign.build.split import assign_splits
 from misalign.io import bundled_files, load_dataset
 
-KEYS = ("id", "prompt", "aligned_response", "misaligned_response", "domains", "split")
+KEYS = ("id", "prompt", "aligned_response", "misaligned_response", "domains", "semantic_type", "split")
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from misalign.build.embedded_classifier import classifier_head_name, definition_
 from misalign.io import load_dataset, load_prompts
 from misalign.models.embedded import Encoder, cache_dir
 from misalign.models.heads import HEADS_DIR, digest, head_path, load_head, save_head
+from misalign.records import SEMANTIC_TYPES
 from misalign.taxonomy import DIMENSIONS, Taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,6 +306,36 @@ def paper_agreement(encoder: Encoder, tax: Taxonomy, arrays: dict[str, np.ndarra
     return out
 
 
+# -- semantic type -------------------------------------------------------------------------------------------
+
+TYPE_GRID = (0.25, 1.0, 4.0, 16.0)
+
+
+def train_semantic_type(encoder: Encoder) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
+    """MisAlign-Profile's semantic type of a prompt (object / attribute / relation): a multinomial logistic
+    regression on the prompt embedding, fitted on the bundled train split, C chosen on its validation split by
+    macro-F1, figures on its test split (with the majority-type baseline)."""
+    from sklearn.metrics import f1_score
+
+    records = [r for r in load_dataset("bundled").records if r.semantic_type]
+    ids = list(SEMANTIC_TYPES)
+    x = embed_cached(encoder, [r.prompt for r in records]).astype(np.float64)
+    y = np.array([ids.index(r.semantic_type) for r in records])
+    split = np.array([r.split for r in records])
+    train, val, test = (split == s for s in ("train", "validation", "test"))
+    fits = {c: LogisticRegression(C=c, max_iter=5000).fit(x[train], y[train]) for c in TYPE_GRID}
+    chosen = max(TYPE_GRID, key=lambda c: f1_score(y[val], fits[c].predict(x[val]), average="macro"))
+    clf = fits[chosen]
+    pred = clf.predict(x[test])
+    majority = np.bincount(y[train], minlength=3).argmax()
+    report = {"C": chosen, "train_rows": int(train.sum()), "test": {
+        "n": int(test.sum()), "accuracy": float(np.mean(pred == y[test])),
+        "macro_f1": float(f1_score(y[test], pred, average="macro")),
+        "majority_accuracy": float(np.mean(y[test] == majority))}}
+    arrays = {"type/W": clf.coef_.astype(np.float64), "type/b": clf.intercept_.astype(np.float64)}
+    return arrays, {"type/ids": ",".join(ids)}, report
+
+
 # -- main ----------------------------------------------------------------------------------------------------
 
 def build(data: Path, encoders: Sequence[str]) -> tuple[dict[str, tuple[dict, dict]], dict]:
@@ -322,6 +353,8 @@ def build(data: Path, encoders: Sequence[str]) -> tuple[dict[str, tuple[dict, di
             heads[JUDGE_HEAD] = (arrays, {**enc_meta, "decision": "misaligned when P >= 0.5"})
         arrays, meta, report[f"classifier-{name}"] = train_classifier(
             classifier_data(data, tax), encoder, tax, data / "paper_labelled_prompts_dev.csv")
+        type_arrays, type_meta, report[f"classifier-{name}"]["semantic_type"] = train_semantic_type(encoder)
+        arrays, meta = {**arrays, **type_arrays}, {**meta, **type_meta}
         heads[classifier_head_name(name)] = (arrays, {**enc_meta, **meta, "delta": "0.5"})
     return heads, report
 

@@ -187,15 +187,26 @@ def test_labelled_responses_have_no_type_and_count_as_none(tmp_path: Path):
     assert summarize(ds)["per_semantic_type"] == {"object": 0, "attribute": 0, "relation": 0, "none": 1}
 
 
-def test_bundled_data_is_untyped_and_exports_unchanged(tmp_path: Path):
+def test_bundled_data_is_typed_and_round_trips(tmp_path: Path):
     ds = load_dataset("bundled")
-    assert summarize(ds)["per_semantic_type"] == {"object": 0, "attribute": 0, "relation": 0, "none": len(ds)}
+    counts = summarize(ds)["per_semantic_type"]
+    assert counts["none"] == 0 and sum(counts.values()) == len(ds)
     for ext in ("jsonl", "csv", "parquet"):
         out = tmp_path / f"b.{ext}"
         write_dataset(out, ds.records)
         if ext == "parquet":
+            assert "semantic_type" in pq.read_schema(out).names
+        again = load_dataset(out)
+        assert [r.model_dump() for r in again.records] == [r.model_dump() for r in ds.records]
+
+
+def test_untyped_items_export_without_the_column(tmp_path: Path):
+    records = [r.model_copy(update={"semantic_type": None}) for r in load_dataset("bundled").records[:20]]
+    for ext in ("jsonl", "csv", "parquet"):
+        out = tmp_path / f"u.{ext}"
+        write_dataset(out, records)
+        if ext == "parquet":
             assert "semantic_type" not in pq.read_schema(out).names
         else:
             assert b"semantic_type" not in out.read_bytes()
-        again = load_dataset(out)
-        assert [r.model_dump() for r in again.records] == [r.model_dump() for r in ds.records]
+        assert [r.model_dump() for r in load_dataset(out).records] == [r.model_dump() for r in records]
