@@ -129,7 +129,8 @@ def _eval_cmd(data: Path, url: str, out: Path, *extra: str) -> list[str]:
 def test_a_second_run_into_a_busy_directory_is_refused_or_waits(tmp_path):
     data = _data(tmp_path, 30)
     out = tmp_path / "run"
-    with OpenAIServer(marker_judge, models=("judge",), latency=0.03) as srv:
+    # 0.1 s a request: the first run stays busy ~6 s, time for the second process to start on a loaded machine
+    with OpenAIServer(marker_judge, models=("judge",), latency=0.1) as srv:
         first = subprocess.Popen(_eval_cmd(data, srv.url, out, "--runs", "2", "--max-concurrency", "2"),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60

@@ -1,6 +1,6 @@
 """The ``misalign`` command line: the app and what its commands share. Commands live in :mod:`misalign.cli.data`,
-:mod:`misalign.cli.bench` (Stage II) and :mod:`misalign.cli.build` (Stage I). Heavy modules are imported inside
-commands so ``--help`` stays fast."""
+:mod:`misalign.cli.bench` (Stage II), :mod:`misalign.cli.build` (Stage I) and :mod:`misalign.cli.rate`
+(Demo-SafetyBench). Heavy modules are imported inside commands so ``--help`` stays fast."""
 
 from __future__ import annotations
 
@@ -132,6 +132,6 @@ def load_data(source: str, taxonomy, mapping, skip_bad: bool, rejects: Path | No
 
 
 
-from misalign.cli import data, bench, build  # noqa: E402, I001  (registers the commands, in help order)
+from misalign.cli import data, bench, build, rate  # noqa: E402, I001  (registers the commands, in help order)
 
-__all__ = ["app", "bench", "build", "data", "main"]
+__all__ = ["app", "bench", "build", "data", "main", "rate"]

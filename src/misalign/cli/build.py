@@ -48,7 +48,9 @@ PER_GENERATOR_HELP = ("Every generator writes both sides of every prompt (one ca
 
 @app.command()
 def classify(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Prompt file (a prompt column; id optional).")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Prompt file (a prompt column; id optional), or a "
+                                        "DICES CSV (one prompt per conversation, safety domains only, ratings and "
+                                        "demographics kept in meta).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (Parquet keeps probabilities compact).")],
     model: ModelOpt = "embedded",
     encoder: Annotated[str, typer.Option(help="Embedded encoder: minilm (better) or wordllama (~50x faster).")]
@@ -67,6 +69,7 @@ def classify(
 
     from misalign.build.classify import ChatClassifier, get_classifier
     from misalign.build.session import run_with_models
+    from misalign.demo.dices import is_dices, safety_only
     from misalign.io import write_prompts, write_rows
     from misalign.taxonomy import DIMENSIONS
 
@@ -89,12 +92,15 @@ def classify(
 
         result = run_with_models(lambda cc: classifier.classify(prompts, cache=cc, on_result=tick), pool=pool,
                                  cache_path=cache_path)
-    n = write_prompts(out, result.prompts)
+    classified = result.prompts
+    if is_dices(input):  # Demo-SafetyBench: DICES conversations go into the 14 safety domains only
+        classified = [safety_only(p) for p in classified]
+    n = write_prompts(out, classified)
     if result.failures:
         fail_path = out.with_name(out.name + ".failures.jsonl")
         write_rows(fail_path, result.failures)
         err_console.print(f"[yellow]{len(result.failures)} prompt(s) could not be classified: {fail_path}[/]")
-    assigned = {d: sum(bool(p.domains and p.domains.get(d)) for p in result.prompts) for d in DIMENSIONS}
+    assigned = {d: sum(bool(p.domains and p.domains.get(d)) for p in classified) for d in DIMENSIONS}
     types = ""
     if semantic_types:
         from collections import Counter
@@ -126,8 +132,13 @@ def dedup(
 
 def _load_pool(input: Path, tax: Taxonomy, mapping: list[str] | None, skip_bad: bool, rejects: Path | None
                ) -> list[Prompt]:
-    """The prompts of ``input`` read with the shared load options; rows skipped with ``--skip-bad`` are counted."""
+    """The prompts of ``input`` read with the shared load options; rows skipped with ``--skip-bad`` are counted. A
+    DICES file gives one prompt per conversation, its ratings and raters' demographics in ``meta["dices"]``."""
+    from misalign.demo.dices import is_dices, load_dices
     from misalign.io import load_prompts, rejects_file
+
+    if is_dices(input):
+        return load_dices(input).prompts()
 
     prompts, skipped = load_prompts(input, taxonomy=tax, mapping=parse_mapping(mapping), skip_bad=skip_bad,
                                     rejects=rejects)

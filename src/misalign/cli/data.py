@@ -50,9 +50,14 @@ def data_inspect(
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
     label_map: LabelMapOpt = None,
 ) -> None:
-    """Counts per split, per dimension, per semantic type and per domain."""
+    """Counts per split, per dimension, per semantic type and per domain; for a DICES file, conversations, raters
+    and demographic groups."""
+    from misalign.demo.dices import is_dices
     from misalign.io.summary import summarize
 
+    if source != "bundled" and is_dices(source):
+        _inspect_dices(source, as_json)
+        return
     tax = load_taxonomy(taxonomy)
     summary = summarize(load_data(source, tax, mapping, skip_bad, rejects, label_map))
     if as_json:
@@ -78,6 +83,36 @@ def data_inspect(
         n = per_domain.get(d.name, 0)
         table.add_row(d.dimension, d.name, str(n) if n else "[red]0[/]")
     console.print(table)
+
+
+def _inspect_dices(source: str, as_json: bool) -> None:
+    """``data inspect`` of a DICES file: conversations, raters, answers and raters per demographic group."""
+    from misalign.demo.dices import load_dices
+
+    summary = load_dices(source).summary()
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    console.print(f"[bold]{summary['source']}[/]  shape=dices ({summary['variant']})  conversations="
+                  f"{summary['conversations']}  raters={summary['raters']}  ratings={summary['ratings']}  "
+                  f"framings={summary['framings']}  sha256={summary['sha256'][:12]}", highlight=False)
+    head = Table(title="Conversations and answers")
+    for col in ("what", "value", "count"):
+        head.add_column(col)
+    for k, v in summary["safety_gold"].items():
+        head.add_row("safety_gold", k, str(v))
+    for k, v in summary["degree_of_harm"].items():
+        head.add_row("degree_of_harm", k, str(v))
+    for k, v in summary["answers"].items():
+        head.add_row("Q_overall", k, str(v))
+    console.print(head)
+    groups = Table(title="Raters per demographic group")
+    for col in ("attribute", "group", "raters"):
+        groups.add_column(col)
+    for attr, values in summary["groups"].items():
+        for v, n in values.items():
+            groups.add_row(attr, v, str(n))
+    console.print(groups)
 
 
 @data_app.command("export")

@@ -2,7 +2,8 @@
 
 Leaderboard, plots (Coverage vs 1 − FFR, per-dimension bars, trade-offs, a per-domain heatmap), each model's
 worst domains with examples of its mistakes, paired comparisons and judge reliability between runs on the same
-dataset, and the provenance of every run. No scripts and no network requests; all data is HTML-escaped.
+dataset, and the provenance of every run; a Demo-SafetyBench section for run directories of ``misalign rate``.
+No scripts and no network requests; all data is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def render_report(run_dirs: Sequence[Path | str]) -> str:
     The plots need only metrics.json, so they are drawn in a second thread while the main thread parses the
     results.jsonl files in pyarrow's C++ code (which releases the GIL): the two overlap on a multi-core machine.
     """
+    from misalign.demo.record import is_rate_run
+
+    rate_dirs = [Path(d) for d in run_dirs if is_rate_run(Path(d))]
+    extra = None
+    if rate_dirs:  # Demo-SafetyBench run directories (misalign rate): their own section
+        from misalign.report.demo import demo_section, load_rate_runs, render_demo_page
+
+        rate_runs = load_rate_runs(rate_dirs)
+        run_dirs = [d for d in run_dirs if not is_rate_run(Path(d))]
+        if not run_dirs:
+            return render_demo_page(rate_runs)
+        extra = [("demo", "Demo-SafetyBench", demo_section(rate_runs))]
     runs = _load_metrics(run_dirs)  # every directory is checked before the slow part
     taxonomy = Taxonomy.default()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="misalign-report") as pool:
@@ -59,7 +72,7 @@ def render_report(run_dirs: Sequence[Path | str]) -> str:
         figures = drawing.result()
     from misalign.report.html import render
 
-    return render(runs, taxonomy, figures)
+    return render(runs, taxonomy, figures, extra)
 
 
 def write_report(run_dirs: list[Path], out: Path) -> None:

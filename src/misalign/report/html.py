@@ -526,11 +526,15 @@ def figure_sections(runs: list[Run], taxonomy: Taxonomy) -> dict[str, str]:
             "tradeoffs": tradeoff_section(runs), "domains": domains_section(runs, taxonomy)}
 
 
-def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None = None) -> str:
+def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None = None,
+           extra: list[tuple[str, str, str]] | None = None) -> str:
     """The whole page. ``runs`` are sorted and named, results (if any) loaded; ``figures`` from
-    :func:`figure_sections` when already drawn."""
+    :func:`figure_sections` when already drawn; ``extra`` sections ``(id, title, html)`` go before the provenance
+    (the Demo-SafetyBench section of rate runs)."""
     groups = [analysis.align_group(g) for g in analysis.dataset_groups(runs)]
     shown = sections_of(runs)
+    if extra:
+        shown = (*shown[:-1], *((sid, title) for sid, title, _ in extra), shown[-1])
     toc = "".join(f'<li><a href="#{sid}">{title}</a></li>' for sid, title in shown)
     body = {
         "leaderboard": leaderboard(runs),
@@ -540,6 +544,7 @@ def render(runs: list[Run], taxonomy: Taxonomy, figures: dict[str, str] | None =
         "comparisons": comparisons_section(runs, groups),
         "reliability": reliability_section(runs, groups),
         "provenance": provenance_section(runs),
+        **{sid: html for sid, _, html in extra or ()},
     }
     sections = "".join(f'<section id="{sid}"><h2>{title}</h2>{body[sid]}</section>' for sid, title in shown
                        if sid != "provenance")

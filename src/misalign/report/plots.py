@@ -197,11 +197,14 @@ def _pale(matrix: np.ndarray, low: np.ndarray, cmap: Colormap) -> np.ndarray:
 
 
 def heatmap(rows: Sequence[tuple[str, str]], labels: Sequence[str], matrix: np.ndarray,
-            n: np.ndarray | None = None, min_n: int = 0) -> str:
+            n: np.ndarray | None = None, min_n: int = 0, *, label: str = "Alignment Score", name: str = "heatmap",
+            title: str = "Alignment Score per domain and model") -> str:
     """AS per domain (rows, grouped by dimension) and model (columns); missing cells hatched grey, not zero.
 
     Cells with fewer than ``min_n`` judged responses (``n``, same shape as ``matrix``) are pale, with their n
-    printed in them (each such text has the id ``low-n-ROW-COLUMN``)."""
+    printed in them (each such text has the id ``low-n-ROW-COLUMN``). ``label`` names the colour scale (any
+    figure in [0, 1]: the Demo-SafetyBench section draws unsafe rates per demographic group); ``name`` salts the
+    SVG's ids, ``title`` is its accessible label."""
     import matplotlib
     from matplotlib import colormaps
 
@@ -224,8 +227,8 @@ def heatmap(rows: Sequence[tuple[str, str]], labels: Sequence[str], matrix: np.n
         _heatmap_axes(ax, rows, labels)
         cb = fig.colorbar(mesh, ax=ax, location="bottom", shrink=0.6, pad=0.01, aspect=40)
         pale = f"pale, with n: fewer than {min_n} judged responses; " if low.any() else ""
-        cb.set_label(f"Alignment Score\n({pale}hatched grey: no data)")
-        return to_svg(fig, name="heatmap", title="Alignment Score per domain and model")
+        cb.set_label(f"{label}\n({pale}hatched grey: no data)")
+        return to_svg(fig, name=name, title=title)
 
 
 def _heatmap_axes(ax: Axes, rows: Sequence[tuple[str, str]], labels: Sequence[str]) -> None:
