@@ -11,7 +11,7 @@ import re
 import secrets
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,7 +167,7 @@ def _parquet_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise DataError(p, None, None, f"not a readable Parquet file: {exc}") from exc
     n = 0
-    for batch in pf.iter_batches(batch_size=65536):
+    for batch in pf.iter_batches(batch_size=1024):  # small batches: a caller that wants the first row gets it fast
         for row in batch.to_pylist():
             n += 1
             yield n, row
@@ -264,16 +264,18 @@ def _csv_rows(p: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | D
             start = reader.line_num + 1
 
 
-def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], types: Mapping[str, str] | None = None) -> int:
     """Write rows atomically (temp file, then rename) in the format of ``path``'s extension; return the count.
 
+    ``types``: Parquet column types by name (Arrow aliases: ``string``, ``uint64``, ...), so that a column is
+    typed the same in every file whatever its values (an all-empty one is not ``null``); others are inferred.
     The file gets the mode of any other new file (0666 less the umask: 0644 by default)."""
     p = Path(path)
     fmt = detect_format(p) if p.suffix else "jsonl"
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_file_beside(p)
     try:
-        n = _write(tmp, fmt, rows, gz=p.suffix.lower() == ".gz")
+        n = _write(tmp, fmt, rows, gz=p.suffix.lower() == ".gz", types=types or {})
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -293,14 +295,16 @@ def _new_file_beside(p: Path) -> Path:
         return tmp
 
 
-def _write(p: Path, fmt: Format, rows: Iterable[dict[str, Any]], gz: bool) -> int:
+def _write(p: Path, fmt: Format, rows: Iterable[dict[str, Any]], gz: bool, types: Mapping[str, str]) -> int:
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         rows = list(rows)
         columns = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
-        table = pa.table({k: pa.array(v, type=pa.uint64() if k == "simhash" else None) for k, v in columns.items()})
+        types = {"simhash": "uint64", **types}
+        table = pa.table({k: pa.array(v, type=pa.type_for_alias(types[k]) if k in types else None)
+                          for k, v in columns.items()})
         pq.write_table(table, p, compression="zstd")
         return table.num_rows
     opener = gzip.open if gz else open
