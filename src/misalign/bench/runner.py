@@ -59,6 +59,9 @@ EARLY_STOP_AFTER = 32
 UnparseablePolicy = Literal["aligned", "misaligned", "exclude"]
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, status)`` as answers arrive (and every second): status is what the judge waits on."""
+JudgeAll = Callable[..., "tuple[list[list[Judgement]], dict[str, int]]"]
+"""An engine's ``judge_all(judge, cases, config, out_dir, progress)``: judgements indexed [run][case] and what the
+endpoint served (see :func:`misalign.engines.raydata.ray_judge_all`)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,14 @@ def cases_of(dataset: Dataset) -> list[Case]:
 
 def evaluate(dataset: Dataset, config: EvalConfig, out_dir: Path, *, endpoint: Endpoint | None = None,
              judge: Judge | None = None, progress: Progress | None = None,
-             command: Sequence[str] | None = None, wait: bool = False) -> Metrics:
+             command: Sequence[str] | None = None, wait: bool = False, engine: JudgeAll | None = None) -> Metrics:
     """Judge every response of ``dataset`` ``config.runs`` times and write the run directory; return the metrics.
 
     ``judge`` defaults to the one ``config.model`` names (reached through ``endpoint``). The run holds a lock on
     ``out_dir`` (another run into it is refused, or waited for with ``wait``) and removes an earlier run's results
     first, so manifest, results and metrics always describe one run. A :class:`RunError` says why when the run
     stopped early (its first calls all failed); :func:`check_failures` tells whether a finished run failed too often.
+    ``engine`` judges instead of this process's event loop (``--engine ray``); the files it leads to are the same.
     """
     with RunLock(out_dir, wait=wait):
         for stale in (*OUTPUTS, "report.html"):
@@ -128,8 +132,12 @@ def evaluate(dataset: Dataset, config: EvalConfig, out_dir: Path, *, endpoint: E
         cases = cases_of(dataset)
         manifest = make_manifest(dataset, config, judge, endpoint, command)
         _write_text(out_dir / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
-        judgements = asyncio.run(judge_all(judge, cases, config, out_dir / "cache.sqlite", progress))
-        manifest = manifest.model_copy(update={"served": judge.served()})
+        if engine is None:
+            judgements = asyncio.run(judge_all(judge, cases, config, out_dir / "cache.sqlite", progress))
+            served = judge.served()
+        else:
+            judgements, served = engine(judge, cases, config, out_dir, progress)
+        manifest = manifest.model_copy(update={"served": served})
         _write_text(out_dir / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
         rows = result_rows(cases, judgements, config)
         write_rows(out_dir / "results.jsonl", (r.model_dump(mode="json") for r in rows))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from misalign.build.simhash import dedup, fingerprints
 from misalign.records import Prompt
 
 
-def dedup_prompts(prompts: list[Prompt], tau: int) -> tuple[list[Prompt], list[Prompt]]:
-    """Split prompts into kept and dropped near-duplicates, each carrying its SimHash fingerprint."""
-    fps = fingerprints([p.prompt for p in prompts])
+def dedup_prompts(prompts: list[Prompt], tau: int, fps: np.ndarray | None = None) -> tuple[list[Prompt], list[Prompt]]:
+    """Split prompts into kept and dropped near-duplicates, each carrying its SimHash fingerprint (``fps``: the
+    prompts' fingerprints when already computed, e.g. on Ray)."""
+    fps = fingerprints([p.prompt for p in prompts]) if fps is None else fps
     duplicate_of = dedup(fps, tau)
     kept, dropped = [], []
     for p, fp, d in zip(prompts, fps, duplicate_of, strict=True):

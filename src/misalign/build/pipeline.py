@@ -209,14 +209,17 @@ Progress = Callable[[str], Callable[[int, Any], None]]
 
 
 def run_build(cfg: BuildConfig, *, taxonomy: Taxonomy | None = None, say: Callable[[str], None] = print,
-              progress: Progress | None = None) -> dict[str, Any]:
-    """Run every step that the config allows; return the build manifest."""
+              progress: Progress | None = None, ray: Any = None) -> dict[str, Any]:
+    """Run every step that the config allows; return the build manifest.
+
+    ``ray`` (:class:`~misalign.engines.raydata.RaySettings`) runs classify and the dedup fingerprints on Ray Data
+    (the same bytes; expand, respond and filter run here)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     pool = ModelPool(cfg.endpoint)
 
     async def run(cache: CallCache | None) -> dict[str, Any]:
         build = _Build(cfg, taxonomy or Taxonomy.default(), pool, cache, Steps(cfg.out), say,
-                       progress or (lambda step: lambda i, c: None))
+                       progress or (lambda step: lambda i, c: None), ray=ray)
         return await _run(build)
 
     return run_with_models(run, pool=pool, cache_path=cfg.out / "cache.sqlite")
@@ -237,6 +240,8 @@ class _Build:
     """Step -> why it was skipped."""
     templates: dict[str, dict[str, str]] = field(default_factory=dict)
     """Step -> the name and sha256 of the prompt template it used."""
+    ray: Any = None
+    """:class:`~misalign.engines.raydata.RaySettings` when classify and dedup run on Ray Data."""
     _classifier: Classifier | None = None
 
     @property
@@ -295,7 +300,13 @@ async def _classify(b: _Build) -> list[Prompt]:
         prompts, _ = load_prompts(b.cfg.input, taxonomy=b.taxonomy)
         prompts = prompts[: b.cfg.limit] if b.cfg.limit else prompts
         b.say(f"classify: {len(prompts)} prompts with {b.cfg.classifier}")
-        result = await classifier.classify(prompts, cache=b.cache)
+        if b.ray is None:
+            result = await classifier.classify(prompts, cache=b.cache)
+        else:
+            from misalign.engines.raydata import ray_classify
+
+            result = ray_classify(prompts, b.settings("classifier", "delta", "encoder", "semantic_types"),
+                                  b.taxonomy, b.cfg.endpoint, b.ray, b.out)
         _write_failures(b, result.failures)
         write_prompts(path, result.prompts)
         b.steps.mark("classify", key)
@@ -343,7 +354,12 @@ def _dedup(b: _Build, expanded: list[Prompt]) -> list[Prompt]:
     if b.steps.fresh("dedup", key, [kept_path, dropped_path]):
         b.say("dedup: up to date")
     else:
-        kept, dropped = dedup_prompts(expanded, b.cfg.tau)
+        fps = None
+        if b.ray is not None:
+            from misalign.engines.raydata import ray_fingerprints
+
+            fps = ray_fingerprints([p.prompt for p in expanded], b.ray)
+        kept, dropped = dedup_prompts(expanded, b.cfg.tau, fps)
         write_prompts(kept_path, kept)
         write_prompts(dropped_path, dropped)
         b.say(f"dedup: kept {len(kept)}, dropped {len(dropped)} near-duplicates (tau={b.cfg.tau})")

@@ -38,6 +38,30 @@ RetriesOpt = Annotated[int, typer.Option(min=0, help="Retries of a failed reques
 ConnectWaitOpt = Annotated[float, typer.Option(min=0, help="Seconds to keep trying a server that refuses connections "
                                                "(a restart) before the request counts as failed.")]
 
+EngineOpt = Annotated[str, typer.Option(help="Where the calls run: local (this process) or ray (Ray Data; the [ray] "
+                                          "extra). Same results either way.")]
+RayAddressOpt = Annotated[str | None, typer.Option(help="With --engine ray: join this Ray cluster (e.g. auto, "
+                                                  "ray://head:10001); default: start a local one.")]
+RayWorkersOpt = Annotated[int, typer.Option(min=1, help="With --engine ray: workers (actors) at once; each keeps "
+                                            "--max-concurrency requests in flight.")]
+RayShardsOpt = Annotated[int, typer.Option(min=1, help="With --engine ray: shards (fixed for a run: a re-run redoes "
+                                           "only unfinished shards).")]
+ShardStoreOpt = Annotated[str | None, typer.Option(help="With --engine ray: where shard outputs go, a folder or a "
+                                                   "pyarrow.fs URI such as s3://bucket/run (default: <out>/shards).")]
+
+
+def ray_settings(address: str | None, workers: int, shards: int, store: str | None = None, **vllm: int):
+    """The :class:`~misalign.engines.raydata.RaySettings` of the shared Ray options."""
+    from misalign.engines.raydata import RaySettings
+
+    return RaySettings(address=address, workers=workers, shards=shards, store=store, **vllm)
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("--engine takes local or ray")
+
+
 StreamOpt = Annotated[bool, typer.Option("--stream/--no-stream", help="Stream answers, so a server stops generating "
                                          "a request we gave up on (for slow local servers).")]
 

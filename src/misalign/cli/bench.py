@@ -12,17 +12,23 @@ from misalign.cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
     ConnectWaitOpt,
+    EngineOpt,
     KeyEnvOpt,
     LabelMapOpt,
     MapOpt,
+    RayAddressOpt,
+    RayShardsOpt,
+    RayWorkersOpt,
     RejectsOpt,
     RetriesOpt,
     RpmOpt,
+    ShardStoreOpt,
     SkipOpt,
     StreamOpt,
     TaxOpt,
     TimeoutOpt,
     app,
+    check_engine,
     console,
     endpoint_of,
     err_console,
@@ -30,6 +36,7 @@ from misalign.cli import (
     load_data,
     load_taxonomy,
     max_tokens_option,
+    ray_settings,
 )
 
 if TYPE_CHECKING:
@@ -74,12 +81,20 @@ def eval_cmd(
     report: Annotated[bool, typer.Option(help="Write report.html in the run directory.")] = True,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
     label_map: LabelMapOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64, shard_store: ShardStoreOpt = None,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1, help="With --engine ray and vllm/ models: GPUs per "
+                                                      "engine replica (tensor parallel).")] = 1,
+    pipeline_parallel_size: Annotated[int, typer.Option(min=1, help="With --engine ray and vllm/ models: "
+                                                        "pipeline-parallel stages per replica.")] = 1,
+    replicas: Annotated[int, typer.Option(min=1, help="With --engine ray and vllm/ models: engine replicas.")] = 1,
 ) -> None:
     """Judge every response of a dataset with one or more models; write metrics, results and a report."""
     from misalign.bench.runner import EvalConfig, check_failures
 
     if unparseable not in ("aligned", "misaligned", "exclude"):
         raise typer.BadParameter("--unparseable takes aligned, misaligned or exclude")
+    check_engine(engine)
     models = model or ["embedded"]
     try:
         ds = load_data(dataset, load_taxonomy(taxonomy), mapping, skip_bad, rejects, label_map).select(split)
@@ -97,7 +112,14 @@ def eval_cmd(
         cfg = EvalConfig(model=m, runs=runs, seed=seed, template=template, temperature=temperature,
                          max_tokens=max_tokens or EvalConfig.max_tokens,
                          unparseable=unparseable)  # type: ignore[arg-type]
-        results[m] = _run_with_progress(ds, cfg, run_dir, endpoint, wait)
+        runner = None
+        if engine == "ray":
+            from misalign.engines.raydata import ray_judge_all
+
+            runner = ray_judge_all(ray_settings(ray_address, ray_workers, ray_shards, shard_store,
+                                                tensor_parallel=tensor_parallel_size,
+                                                pipeline_parallel=pipeline_parallel_size, replicas=replicas), endpoint)
+        results[m] = _run_with_progress(ds, cfg, run_dir, endpoint, wait, runner)
         if report:
             _write_report([run_dir], run_dir / "report.html", quiet=True)
         console.print(f"run directory: {run_dir}")
@@ -106,7 +128,7 @@ def eval_cmd(
         check_failures(m, max_failed, endpoint)
 
 
-def _run_with_progress(ds, cfg, run_dir: Path, endpoint, wait: bool) -> Metrics:
+def _run_with_progress(ds, cfg, run_dir: Path, endpoint, wait: bool, engine=None) -> Metrics:
     """One model's run with a live progress bar (rate, time left, what the client waits on)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -123,7 +145,7 @@ def _run_with_progress(ds, cfg, run_dir: Path, endpoint, wait: bool) -> Metrics:
             bar.update(task, completed=done, total=total, status=status,
                        rate=f"{done / elapsed:,.1f}/s" if elapsed > 0 else "")
 
-        metrics = evaluate(ds, cfg, run_dir, endpoint=endpoint, progress=progress, wait=wait)
+        metrics = evaluate(ds, cfg, run_dir, endpoint=endpoint, progress=progress, wait=wait, engine=engine)
     for line in notices(Manifest.model_validate_json((run_dir / "manifest.json").read_text(encoding="utf-8"))):
         err_console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
     return metrics

@@ -12,15 +12,21 @@ from misalign.cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
     ConnectWaitOpt,
+    EngineOpt,
     KeyEnvOpt,
     MapOpt,
+    RayAddressOpt,
+    RayShardsOpt,
+    RayWorkersOpt,
     RejectsOpt,
     RetriesOpt,
+    ShardStoreOpt,
     SkipOpt,
     StreamOpt,
     TaxOpt,
     TimeoutOpt,
     app,
+    check_engine,
     console,
     endpoint_of,
     err_console,
@@ -28,6 +34,7 @@ from misalign.cli import (
     load_taxonomy,
     max_tokens_option,
     parse_mapping,
+    ray_settings,
 )
 
 if TYPE_CHECKING:
@@ -63,8 +70,11 @@ def classify(
     stream: StreamOpt = False,
     cache: CacheOpt = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64, shard_store: ShardStoreOpt = None,
 ) -> None:
     """Stage I step 1: a probability for every domain of every prompt; domains with p >= delta assigned."""
+    check_engine(engine)
     from dataclasses import replace
 
     from misalign.build.classify import ChatClassifier, get_classifier
@@ -90,8 +100,17 @@ def classify(
             done.add(i)  # a chat classifier may answer a prompt twice (a repair)
             bar.update(task, completed=len(done))
 
-        result = run_with_models(lambda cc: classifier.classify(prompts, cache=cc, on_result=tick), pool=pool,
-                                 cache_path=cache_path)
+        if engine == "ray":  # shard outputs and caches in <out>.ray/shards
+            from misalign.engines.raydata import ray_classify
+
+            settings = {"classifier": model, "delta": delta, "encoder": encoder, "semantic_types": semantic_types,
+                        **({"max_tokens": max_tokens} if max_tokens else {})}
+            result = ray_classify(prompts, settings, tax, pool.endpoint,
+                                  ray_settings(ray_address, ray_workers, ray_shards, shard_store),
+                                  out.with_name(out.name + ".ray"))
+        else:
+            result = run_with_models(lambda cc: classifier.classify(prompts, cache=cc, on_result=tick), pool=pool,
+                                     cache_path=cache_path)
     classified = result.prompts
     if is_dices(input):  # Demo-SafetyBench: DICES conversations go into the 14 safety domains only
         classified = [safety_only(p) for p in classified]
@@ -116,13 +135,21 @@ def dedup(
     dropped: Annotated[Path, typer.Option(help="Dropped near-duplicates, each with duplicate_of.")],
     tau: Annotated[int, typer.Option(min=0, max=64, help="Hamming distance for near-duplicates.")] = 10,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64,
 ) -> None:
     """Stage I step 3: drop near-duplicate prompts (64-bit SimHash, Hamming distance <= tau; first kept)."""
     from misalign.build.dedup import dedup_prompts
     from misalign.io import write_prompts
 
+    check_engine(engine)
     prompts = _load_pool(input, load_taxonomy(taxonomy), mapping, skip_bad, rejects)
-    kept, gone = dedup_prompts(prompts, tau)
+    fps = None
+    if engine == "ray":  # fingerprints on Ray Data tasks; the near-duplicate search needs them all, here
+        from misalign.engines.raydata import ray_fingerprints
+
+        fps = ray_fingerprints([p.prompt for p in prompts], ray_settings(ray_address, ray_workers, ray_shards))
+    kept, gone = dedup_prompts(prompts, tau, fps)
     write_prompts(out, kept)
     write_prompts(dropped, gone)
     console.print(f"kept {len(kept)}, dropped {len(gone)} near-duplicates (tau={tau}) of {len(prompts)}")
@@ -314,10 +341,13 @@ def build(
                                                 "generating a request we gave up on (for slow local servers).")]
     = None,
     taxonomy: TaxOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64, shard_store: ShardStoreOpt = None,
 ) -> None:
     """Stage I end to end: classify, expand, dedup, respond, filter, split; resumes where it stopped."""
     from misalign.build.pipeline import BuildConfig, run_build
 
+    check_engine(engine)
     flags = {"input": input, "out": out, "generators": generator, "judge": judge, "classifier": classifier,
              "target_per_domain": target_per_domain, "max_new": max_new, "tau": tau, "max_rounds": max_rounds,
              "seed": seed, "max_tokens": max_tokens, "limit": limit, "base_urls": base_url, "api_key_env": api_key_env,
@@ -343,7 +373,9 @@ def build(
                 bar.advance(tasks[step])  # type: ignore[arg-type]
             return tick
 
-        manifest = run_build(cfg, taxonomy=load_taxonomy(taxonomy), say=console.print, progress=step_progress)
+        ray = ray_settings(ray_address, ray_workers, ray_shards, shard_store) if engine == "ray" else None
+        manifest = run_build(cfg, taxonomy=load_taxonomy(taxonomy), say=console.print, progress=step_progress,
+                             ray=ray)
     console.print(f"build directory: {cfg.out} ({manifest['items']} items)")
 
 
