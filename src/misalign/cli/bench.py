@@ -53,7 +53,8 @@ def _slug(model: str) -> str:
 def eval_cmd(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model string (repeatable): "
                      "'embedded', 'openai/<name>', 'hf/<path>', 'vllm/<path>'.")] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset file, or 'bundled'.")] = "bundled",
+    dataset: Annotated[str, typer.Option(help="Dataset file or hub folder, hf://USER/NAME[@REV] ([hub] extra), "
+                                         "or 'bundled'.")] = "bundled",
     split: Annotated[str, typer.Option(help="Split to evaluate ('all' for everything); a dataset without "
                                        "splits is evaluated whole.")] = "test",
     runs: Annotated[int, typer.Option(min=1, help="Runs, with seeds seed..seed+runs-1.")] = 3,

@@ -45,7 +45,8 @@ def taxonomy(
 
 @data_app.command("inspect")
 def data_inspect(
-    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")] = "bundled",
+    source: Annotated[str, typer.Argument(help="A dataset file or hub folder, hf://USER/NAME, or 'bundled'.")] = (
+        "bundled"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
     label_map: LabelMapOpt = None,
@@ -117,16 +118,33 @@ def _inspect_dices(source: str, as_json: bool) -> None:
 
 @data_app.command("export")
 def data_export(
-    source: Annotated[str, typer.Argument(help="A dataset file, or 'bundled'.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file; format from its extension.")],
+    source: Annotated[str, typer.Argument(help="A dataset file or hub folder, hf://USER/NAME, or 'bundled'.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file (format from its extension), or with --format hf "
+                                      "a folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto (from --out's extension) or hf: a Hugging Face hub "
+                                     "folder (Parquet per split and a README.md dataset card).")] = "auto",
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    license: Annotated[str | None, typer.Option("--license", help="With --format hf: the card's licence id "
+                                                "(default: apache-2.0 for bundled, else unknown).")] = None,
+    pretty_name: Annotated[str | None, typer.Option(help="With --format hf: the card's name.")] = None,
     mapping: MapOpt = None, skip_bad: SkipOpt = False, rejects: RejectsOpt = None, taxonomy: TaxOpt = None,
     label_map: LabelMapOpt = None,
 ) -> None:
-    """Write any loadable dataset in our schema (JSONL, CSV or Parquet)."""
+    """Write any loadable dataset in our schema (JSONL, CSV or Parquet), or as a hub folder (--format hf)."""
     from misalign.io import write_dataset
 
+    if fmt not in ("auto", "hf"):
+        raise typer.BadParameter("--format takes auto or hf")
     ds = load_data(source, load_taxonomy(taxonomy), mapping, skip_bad, rejects, label_map).select(split)
+    if fmt == "hf":
+        from misalign.io.hub import bundled_card_body, write_hub_folder
+
+        body = bundled_card_body() if ds.source == "bundled" else None
+        counts = write_hub_folder(out, ds, license=license, pretty_name=pretty_name, card_body=body)
+        per_split = ", ".join(f"{s} {n}" for s, n in counts.items())
+        console.print(f"wrote {sum(counts.values())} records to {out} ({per_split}) and its README.md",
+                      highlight=False, soft_wrap=True)
+        return
     n = write_dataset(out, ds.records)
     console.print(f"wrote {n} records to {out}")
 

@@ -15,7 +15,7 @@ import gc
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -102,7 +102,10 @@ def load_dataset(
     rejects: str | Path | None = None,
     labels: LabelWords | None = None,
 ) -> Dataset:
-    """Load ``source`` (a file, or ``"bundled"``) into records.
+    """Load ``source`` (a file, a hub folder, ``hf://user/name[@revision]``, or ``"bundled"``) into records.
+
+    A folder is read as the hub lays one out (:mod:`misalign.io.hub`): its data files, each file's split from
+    its name (``data/test-00000-of-00001.parquet``); ``hf://`` downloads the hub dataset first (``[hub]`` extra).
 
     ``mapping`` renames columns (our field -> the file's column; a column the file lacks is an error). ``labels``
     maps the label words of single responses (:func:`misalign.io.labels.parse_label_map`; default: only
@@ -111,8 +114,8 @@ def load_dataset(
     with no rows, or none left after skipping, is an error.
     """
     taxonomy = taxonomy or Taxonomy.default()
-    paths = bundled_files() if str(source) == "bundled" else [Path(source)]
-    for p in paths:  # every file must exist before any is read
+    files = _source_files(str(source))
+    for p, _ in files:  # every file must exist before any is read
         if not p.exists():
             raise DataError(p, None, None, "file not found")
     digest = hashlib.sha256()
@@ -120,16 +123,41 @@ def load_dataset(
     items = _ItemFiles(partial(_source, taxonomy=taxonomy, mapping=mapping, labels=labels), load.ids)
     records: list[Record] = []
     with _no_gc():
-        for path in paths:
+        for path, split in files:
             data = path.read_bytes()  # read once: hashed here, and parsed from memory by the bulk path
             digest.update(data)
-            records.extend(load.records(path, partial(items.converter, path), data))
+            loaded = load.records(path, partial(items.converter, path), data)
+            records.extend(_in_split(path, split, loaded) if split else loaded)
             del data
-    rejects_path = load.finish(records, rejects, paths[0])
+    folder = str(source) != "bundled" and not str(source).startswith("hf://") and Path(source).is_dir()
+    rejects_path = load.finish(records, rejects, Path(source) if folder else files[0][0])  # beside a folder
     assert items.shape is not None  # there are records
     splits = {r.split for r in records if r.split}
     return Dataset(records, "bundled" if str(source) == "bundled" else str(source), digest.hexdigest(), items.shape,
                    len(load.bad), rejects_path, splits)
+
+
+def _source_files(source: str) -> list[tuple[Path, str | None]]:
+    """The files of a source, each with the split its name gives in a hub folder (else None)."""
+    from misalign.io import hub
+
+    if source == "bundled":
+        return [(p, None) for p in bundled_files()]
+    if hub.parse_hub_url(source):
+        return hub.folder_files(hub.download(source))
+    path = Path(source)
+    return hub.folder_files(path) if path.is_dir() else [(path, None)]
+
+
+def _in_split(path: Path, split: str, records: Iterable[Record]) -> Iterator[Record]:
+    """``records`` of a file named for ``split``: one without a split gets it; one of another split is an error."""
+    for rec in records:
+        if rec.split is None:
+            rec = rec.model_copy(update={"split": split})
+        elif rec.split != split:
+            raise DataError(path, None, "split", f"record {rec.id!r} is in split {rec.split!r}, but the file name "
+                            f"says {split!r}")
+        yield rec
 
 
 @contextmanager
@@ -150,15 +178,19 @@ def bundled_files() -> list[Path]:
     return sorted(BUNDLED_DIR.glob("*.jsonl"))
 
 
-def write_dataset(path: str | Path, records: Iterable[Record]) -> int:
+def write_dataset(path: str | Path, records: Iterable[Record], *, columns: Sequence[str] | None = None) -> int:
     """Write records in our schema; the format comes from the extension.
 
     Parquet holds plain Arrow strings only: text fields as ``string`` columns, and ``domains``, ``provenance``
     and ``meta`` as JSON text (:data:`PARQUET_TYPES`), so every file has one schema that Ray Data and any
-    Parquet reader take as it is."""
+    Parquet reader take as it is. ``columns``: write exactly these, in this order, a record's absent ones as
+    null (files that must share one schema, such as the splits of a hub folder)."""
     fmt = detect_format(path) if Path(path).suffix else "jsonl"
     flat = fmt in ("csv", "tsv", "parquet")
-    return write_rows(path, (record_to_row(r, flat=flat) for r in records), PARQUET_TYPES)
+    rows = (record_to_row(r, flat=flat) for r in records)
+    if columns is not None:
+        rows = ({c: row.get(c) for c in columns} for row in rows)
+    return write_rows(path, rows, PARQUET_TYPES)
 
 
 PARQUET_TYPES: dict[str, str] = dict.fromkeys(
