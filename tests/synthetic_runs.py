@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from misalign.bench.judge import Judgement, JudgeRequest
+from misalign.bench.judge import Judgement, JudgeRequest, OfflineJudge
 from misalign.bench.runner import EvalConfig, evaluate
 from misalign.io import Dataset
 from misalign.records import Domains, Item, Verdict
@@ -83,7 +83,7 @@ def _per_item(items: SyntheticItems, value: float | Mapping[str, float]) -> np.n
     return out
 
 
-class AnsweringJudge:
+class AnsweringJudge(OfflineJudge):
     """A judge that answers each request with :meth:`answer` and has no server: the rest of the Judge protocol."""
 
     template = None
@@ -94,15 +94,6 @@ class AnsweringJudge:
     async def judge(self, requests: Sequence[JudgeRequest], *, cache: Any = None, on_result: Any = None,
                     stop: Any = None) -> list[Judgement]:
         return [self.answer(q) for q in requests]
-
-    def status(self) -> str:
-        return ""
-
-    def served(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        return None
 
 
 class ScriptedJudge(AnsweringJudge):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from misalign.bench.judge import Judgement, JudgeRequest, OnResult
+from misalign.bench.judge import Judgement, JudgeRequest, OfflineJudge, OnResult
 from misalign.models import EMBEDDED, CallCache, Stop
 from misalign.models.embedded import Encoder
 from misalign.models.heads import Head, check_encoder, load_head
@@ -44,7 +44,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-class EmbeddedJudge:
+class EmbeddedJudge(OfflineJudge):
     """The offline judge behind the :class:`~misalign.bench.judge.Judge` interface."""
 
     name = EMBEDDED
@@ -94,12 +94,3 @@ class EmbeddedJudge:
                     on_result(i, None)
         return [Judgement(verdict_of(score[pair])) if (pair := (q.prompt, q.response)) in score
                 else Judgement(Verdict(verdict="unparseable"), error="not run") for q in requests]
-
-    def status(self) -> str:
-        return ""
-
-    def served(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        return None

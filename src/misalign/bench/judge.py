@@ -68,6 +68,19 @@ class Judge(Protocol):
     async def aclose(self) -> None: ...
 
 
+class OfflineJudge:
+    """The half of :class:`Judge` that a judge calling no endpoint shares: nothing to wait on, serve or close."""
+
+    def status(self) -> str:
+        return ""
+
+    def served(self) -> dict[str, int]:
+        return {}
+
+    async def aclose(self) -> None:
+        return None
+
+
 def get_judge(spec: str, *, endpoint: Endpoint | None = None, template: str = DEFAULT_TEMPLATE,
               temperature: float = 0.0, max_tokens: int = 256, seed: int = 0, logprobs: bool = True) -> Judge:
     """The judge named by a model string: ``embedded`` (offline) or any chat model (see :func:`get_model`)."""

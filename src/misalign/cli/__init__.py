@@ -62,6 +62,8 @@ def check_engine(engine: str) -> None:
         raise typer.BadParameter("--engine takes local or ray")
 
 
+MaxFailedOpt = Annotated[float, typer.Option(min=0, max=1, help="Share of failed calls above which the run is an "
+                                             "error (exit 2; its files are still written).")]
 StreamOpt = Annotated[bool, typer.Option("--stream/--no-stream", help="Stream answers, so a server stops generating "
                                          "a request we gave up on (for slow local servers).")]
 

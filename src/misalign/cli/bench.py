@@ -16,6 +16,7 @@ from misalign.cli import (
     KeyEnvOpt,
     LabelMapOpt,
     MapOpt,
+    MaxFailedOpt,
     RayAddressOpt,
     RayShardsOpt,
     RayWorkersOpt,
@@ -69,8 +70,7 @@ def eval_cmd(
     max_retries: RetriesOpt = 5,
     connect_wait: ConnectWaitOpt = 120.0,
     stream: StreamOpt = False,
-    max_failed: Annotated[float, typer.Option(min=0, max=1, help="Share of failed calls above which the run is an "
-                                              "error (exit 2; its files are still written).")] = 0.5,
+    max_failed: MaxFailedOpt = 0.5,
     wait: Annotated[bool, typer.Option(help="If another run holds the run directory, wait for it instead of "
                                        "refusing.")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,

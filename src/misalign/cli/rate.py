@@ -13,6 +13,7 @@ from misalign.cli import (
     ConcurrencyOpt,
     ConnectWaitOpt,
     KeyEnvOpt,
+    MaxFailedOpt,
     RetriesOpt,
     RpmOpt,
     StreamOpt,
@@ -34,8 +35,7 @@ def rate(
     template: Annotated[str, typer.Option(help="Rater template: a bundled name or a file.")] = "rate_v1",
     max_tokens: Annotated[int | None, max_tokens_option("128; recorded in the manifest")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N conversations.")] = None,
-    max_failed: Annotated[float, typer.Option(min=0, max=1, help="Share of failed calls above which the run is an "
-                                              "error (exit 2; its files are still written).")] = 0.5,
+    max_failed: MaxFailedOpt = 0.5,
     report: Annotated[bool, typer.Option(help="Write report.html in the run directory.")] = True,
     base_url: BaseUrlOpt = None,
     api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
