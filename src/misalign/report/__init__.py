@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from misalign.report.data import Run, assign_names, load_results, load_run, sort_runs
+from misalign.report.data import Run, assign_names, load_results, load_run, read_results, sort_runs
 from misalign.taxonomy import Taxonomy
 
 __all__ = ["load_runs", "render_report", "write_report"]
@@ -23,16 +23,34 @@ def _load_metrics(run_dirs: Sequence[Path | str]) -> list[Run]:
     """Read, name and rank every run directory (manifest and metrics only); ValueError naming a bad one."""
     if not run_dirs:
         raise ValueError("no run directories given")
-    runs = [load_run(Path(d)) for d in run_dirs]
+    runs = [run for d in run_dirs for run in _load(Path(d))]
     assign_names(runs)
     return sort_runs(runs)
+
+
+def _load(path: Path) -> list[Run]:
+    """A run directory, or the runs of an inspect log of ``misalign_bench`` (a ``.eval`` file, or a folder of them)."""
+    from misalign.interop.inspect_log import inspect_logs, is_task_log, read_inspect_log
+
+    logs = inspect_logs(path)
+    if logs is None:
+        return [load_run(path)]
+    if path.is_dir():
+        logs = [p for p in logs if is_task_log(p)] or logs  # a log folder holds other tasks' logs too
+    runs = []
+    for p in logs:
+        manifest, metrics, rows = read_inspect_log(p)
+        data = b"".join(r.model_dump_json().encode() + b"\n" for r in rows)
+        runs.append(Run(path=p, manifest=manifest, metrics=metrics, results=read_results(p, data)))
+    return runs
 
 
 def load_runs(run_dirs: Sequence[Path | str]) -> list[Run]:
     """Load, name and rank run directories, each results.jsonl parsed once; ValueError naming a bad directory."""
     runs = _load_metrics(run_dirs)
     for r in runs:
-        load_results(r)
+        if r.results is None:  # an inspect log's results come with it
+            load_results(r)
     return runs
 
 
@@ -68,7 +86,8 @@ def render_report(run_dirs: Sequence[Path | str]) -> str:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="misalign-report") as pool:
         drawing = pool.submit(_draw, runs, taxonomy)
         for r in runs:
-            load_results(r)
+            if r.results is None:
+                load_results(r)
         figures = drawing.result()
     from misalign.report.html import render
 

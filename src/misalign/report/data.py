@@ -139,13 +139,14 @@ def load_run(path: Path) -> Run:
     return Run(path=Path(path), manifest=manifest, metrics=metrics)
 
 
-def read_results(path: Path) -> Results:
-    """Parse results.jsonl once into arrays; keep only run 0's wrong lines (for examples).
+def read_results(path: Path, data: bytes | None = None) -> Results:
+    """Parse results.jsonl (or ``data``, its bytes, named ``path`` in errors) once into arrays; keep only run 0's
+    wrong lines (for examples).
 
     Uses pyarrow's multi-threaded JSON reader on the few columns needed (about 10x faster than ``json``), and
     falls back to the standard library where pyarrow cannot read the file (unusual types, very long lines).
     """
-    data = path.read_bytes()
+    data = path.read_bytes() if data is None else data
     return _read_arrow(data) or _read_python(path, data)
 
 
