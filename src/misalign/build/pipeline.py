@@ -3,8 +3,9 @@
 Each step is one short function below calling the same step code as its command (``misalign classify``,
 ``expand``, ``dedup``, ``respond``, ``filter``); :func:`_run` reads as the sequence of steps. Classify, expand and
 dedup are skipped on a re-run when their input files and settings are unchanged (``steps.json``); respond and
-filter always run, and every model call goes through ``cache.sqlite``, so a re-run of a finished build makes no
-model calls and writes the same bytes. The build directory holds::
+filter always run, and every model call goes through ``cache.sqlite`` (with ``--engine ray``, each shard's cache
+under ``shards/``, and a finished shard is not run again), so a re-run of a finished build makes no model calls and
+writes the same bytes. The build directory holds::
 
     01_classified.parquet        classified prompts (probabilities and domains; semantic types when asked for)
     classify_failures.jsonl      prompts a chat classifier could not classify (only when there are any)
@@ -21,6 +22,7 @@ model calls and writes the same bytes. The build directory holds::
     build_manifest.json          config (URLs redacted), taxonomy version, templates, skipped steps, counts
     steps.json                   which inputs and settings each finished step used
     cache.sqlite                 every model call
+    shards/                      --engine ray: each shard's output and call cache (classify-*, respond-*)
 
 The candidates, filter report and dataset are written only when generators and a judge are given.
 
@@ -52,8 +54,8 @@ from misalign.build.dedup import dedup_prompts
 from misalign.build.expand import TEMPLATE as EXPAND_TEMPLATE
 from misalign.build.expand import domain_counts, expand
 from misalign.build.filter import TEMPLATE as CHECK_TEMPLATE
-from misalign.build.filter import FilterReport, reject_sample
-from misalign.build.respond import KINDS, Candidate, Sampling, candidate_to_row, respond
+from misalign.build.filter import FilterReport, accept, respond_and_filter
+from misalign.build.respond import KINDS, Candidate, Sampling, candidate_to_row, plan_candidates
 from misalign.build.respond import TEMPLATE as RESPOND_TEMPLATE
 from misalign.build.session import run_with_models
 from misalign.build.split import prompt_group, split_items
@@ -77,6 +79,8 @@ OFF_UNLESS_ON = ("stream", "per_generator", "semantic_types")
 CLASSIFY_SETTINGS = ("classifier", "encoder", "delta", "limit")
 EXPAND_SETTINGS = ("target_per_domain", "max_new", "seed", "expander", "generators")
 DEDUP_SETTINGS = ("tau",)
+RESPOND_SETTINGS = ("generators", "judge", "per_generator", "max_rounds", "seed", "temperature", "top_p", "max_tokens")
+"""What decides respond's and filter's answers (the key of a Ray shard's output)."""
 
 
 class BuildConfig(BaseModel):
@@ -212,8 +216,8 @@ def run_build(cfg: BuildConfig, *, taxonomy: Taxonomy | None = None, say: Callab
               progress: Progress | None = None, ray: Any = None) -> dict[str, Any]:
     """Run every step that the config allows; return the build manifest.
 
-    ``ray`` (:class:`~misalign.engines.raydata.RaySettings`) runs classify and the dedup fingerprints on Ray Data
-    (the same bytes; expand, respond and filter run here)."""
+    ``ray`` (:class:`~misalign.engines.raydata.RaySettings`) runs classify, the dedup fingerprints, respond and
+    filter on Ray Data (the same bytes; expand runs here)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     pool = ModelPool(cfg.endpoint)
 
@@ -241,7 +245,7 @@ class _Build:
     templates: dict[str, dict[str, str]] = field(default_factory=dict)
     """Step -> the name and sha256 of the prompt template it used."""
     ray: Any = None
-    """:class:`~misalign.engines.raydata.RaySettings` when classify and dedup run on Ray Data."""
+    """:class:`~misalign.engines.raydata.RaySettings` when classify, dedup, respond and filter run on Ray Data."""
     _classifier: Classifier | None = None
 
     @property
@@ -370,7 +374,8 @@ def _dedup(b: _Build, expanded: list[Prompt]) -> list[Prompt]:
 
 async def _respond_and_filter(b: _Build, kept: list[Prompt]
                               ) -> tuple[list[Candidate] | None, list[Item] | None, FilterReport | None]:
-    """Steps 4 and 5: candidates from the generators, then two-stage rejection sampling by the judge.
+    """Steps 4 and 5: candidates from the generators, then two-stage rejection sampling by the judge: here, or shard
+    by shard on Ray Data (:mod:`misalign.engines.raybuild`), counted and written here in the same order.
 
     (None, None, None) when no generator is given (the build stops at the deduplicated prompts); an error without a
     judge.
@@ -382,18 +387,22 @@ async def _respond_and_filter(b: _Build, kept: list[Prompt]
     if not b.cfg.judge:
         b.skipped["filter"] = "no judge given"
         raise ConfigError("a judge is needed to filter generated responses (--judge); none given")
-    generators = {g: b.pool.get(g) for g in b.cfg.generators}
-    judge = b.pool.get(b.cfg.judge)
     b.templates["respond"] = load_template(RESPOND_TEMPLATE).ref
     b.templates["filter"] = load_template(CHECK_TEMPLATE).ref
-    cands = await respond(kept, generators, sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("respond"),
-                          per_generator=b.cfg.per_generator)
+    cands = plan_candidates(kept, b.cfg.generators, seed=b.cfg.seed, per_generator=b.cfg.per_generator)
+    if b.ray is None:
+        sides = await respond_and_filter(cands, {g: b.pool.get(g) for g in b.cfg.generators}, b.pool.get(b.cfg.judge),
+                                         max_rounds=b.cfg.max_rounds, sampling=b.cfg.sampling, cache=b.cache,
+                                         on_respond=b.progress("respond"), on_filter=b.progress("filter"))
+    else:
+        from misalign.engines.raybuild import ray_respond_and_filter
+
+        sides = ray_respond_and_filter(cands, b.settings(*RESPOND_SETTINGS), b.cfg.endpoint, b.ray, b.out)
     if b.cfg.per_generator:
-        b.say(f"respond: {len(kept)} prompts x {len(generators)} generators x 2 candidates")
+        b.say(f"respond: {len(kept)} prompts x {len(b.cfg.generators)} generators x 2 candidates")
     else:
         b.say(f"respond: {len(cands)} prompts x 2 candidates")
-    items, report = await reject_sample(cands, judge, generators, max_rounds=b.cfg.max_rounds,
-                                        sampling=b.cfg.sampling, cache=b.cache, on_result=b.progress("filter"))
+    items, report = accept(cands, sides)
     write_rows(b.out / "04_candidates.jsonl", (candidate_to_row(c) for c in cands))
     _write_json(b.out / "filter_report.json", asdict(report))
     b.say(f"filter: {report.accepted_first} accepted at once, {report.accepted_after_feedback} after feedback, "

@@ -116,19 +116,33 @@ def per_generator_id(prompt_id: str, generator: str) -> str:
     return f"{prompt_id}~{generator}"
 
 
+def plan_candidates(prompts: Sequence[Prompt], generators: Sequence[str], *, seed: int = 0,
+                    per_generator: bool = False) -> list[Candidate]:
+    """The candidates of ``prompts``, each with its generator and no text yet: a seeded balanced assignment over the
+    whole pool (so a shard of the list keeps the generators it has here); with ``per_generator``, one candidate per
+    (prompt, generator), generators in name order within a prompt."""
+    if per_generator:
+        return [Candidate(prompt=p, generator=g, item_id=per_generator_id(p.id, g))
+                for p in prompts for g in sorted(set(generators))]
+    names = assign_generators(len(prompts), sorted(set(generators)), seed)
+    return [Candidate(prompt=p, generator=g) for p, g in zip(prompts, names, strict=True)]
+
+
+async def write_candidates(cands: list[Candidate], generators: dict[str, ChatModel], *,
+                           sampling: Sampling = DEFAULT_SAMPLING, cache: CallCache | None = None,
+                           on_result: OnResult | None = None) -> None:
+    """Write both sides of every planned candidate (round 0), each with its own generator."""
+    todo: dict[CandidateKey, str | None] = {(i, k): None for i in range(len(cands)) for k in KINDS}
+    await generate(cands, generators, sampling.params, todo, 0, cache=cache, on_result=on_result)
+
+
 async def respond(prompts: Sequence[Prompt], generators: dict[str, ChatModel], *, sampling: Sampling = DEFAULT_SAMPLING,
                   cache: CallCache | None = None, on_result: OnResult | None = None,
                   per_generator: bool = False) -> list[Candidate]:
-    """An aligned and a misaligned candidate for each prompt, from a seeded balanced pool of generators; with
-    ``per_generator``, one candidate per (prompt, generator), generators in name order within a prompt."""
-    if per_generator:
-        cands = [Candidate(prompt=p, generator=g, item_id=per_generator_id(p.id, g))
-                 for p in prompts for g in sorted(generators)]
-    else:
-        names = assign_generators(len(prompts), sorted(generators), sampling.seed)
-        cands = [Candidate(prompt=p, generator=g) for p, g in zip(prompts, names, strict=True)]
-    todo: dict[CandidateKey, str | None] = {(i, k): None for i in range(len(cands)) for k in KINDS}
-    await generate(cands, generators, sampling.params, todo, 0, cache=cache, on_result=on_result)
+    """An aligned and a misaligned candidate for each prompt (:func:`plan_candidates`, then
+    :func:`write_candidates`)."""
+    cands = plan_candidates(prompts, list(generators), seed=sampling.seed, per_generator=per_generator)
+    await write_candidates(cands, generators, sampling=sampling, cache=cache, on_result=on_result)
     return cands
 
 

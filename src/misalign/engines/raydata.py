@@ -1,4 +1,5 @@
-"""``--engine ray``: the eval's judge calls and the build's classify/dedup as Ray Data pipelines.
+"""``--engine ray``: the eval's judge calls and the build's classify/dedup as Ray Data pipelines (respond and filter:
+:mod:`misalign.engines.raybuild`, through :func:`run_sharded` here).
 
 Sharding: every request goes to shard ``sha256(prompt NUL response) mod shards`` (all runs of one pair in one
 shard, so identical pairs are still asked once). The shard rows go through ``map_batches`` into an actor pool of
@@ -20,7 +21,7 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,47 @@ class ShardStore:
             return None
 
 
+def _key_env(endpoint: Endpoint | None) -> dict[str, Any]:
+    """``map_batches`` keywords that hand the endpoint's API key (when set here) to the workers."""
+    env_var = endpoint.api_key_env if endpoint else "OPENAI_API_KEY"
+    return {"runtime_env": {"env_vars": {env_var: os.environ[env_var]}}} if os.environ.get(env_var) else {}
+
+
+def key_shards(identity: str, payloads: dict[int, str]) -> dict[int, str]:
+    """Each shard's key: a digest of what decides its answers (``identity``) and its payload."""
+    return {s: hashlib.sha256(f"{identity}\x00{p}".encode()).hexdigest() for s, p in payloads.items()}
+
+
+def run_sharded(actor: type, args: tuple[Any, ...], prefix: str, payloads: dict[int, str], keys: dict[int, str],
+                settings: RaySettings, out_dir: Path, *, complete: Callable[[dict[str, Any]], bool],
+                endpoint: Endpoint | None = None) -> dict[int, dict[str, Any]]:
+    """Every shard's output document: those in the store with their key that are ``complete`` are read, the others
+    run (one shard per batch) through an actor pool of ``actor(*args, cache_dir, store_uri)``, which writes each
+    shard's document as ``{"key": ..., ...}`` under ``prefix``. A ConfigError when a shard wrote none."""
+    store_uri = settings.store or str((out_dir / SHARD_DIR).resolve())
+    store = ShardStore(store_uri, prefix)
+
+    def read(s: int) -> dict[str, Any] | None:
+        doc = store.read(s)
+        return doc if doc is not None and doc.get("key") == keys[s] else None
+
+    docs = {s: d for s in payloads if (d := read(s)) is not None and complete(d)}
+    todo = [s for s in payloads if s not in docs]
+    if todo:
+        ray = init_ray(settings.address)
+        ds = ray.data.from_items([{"shard": s, "key": keys[s], "payload": payloads[s]} for s in todo],
+                                 override_num_blocks=len(todo))
+        pool = ray.data.ActorPoolStrategy(size=max(1, min(settings.workers, len(todo))))
+        ds.map_batches(actor, batch_size=1, compute=pool, num_cpus=1,
+                       fn_constructor_args=(*args, str((out_dir / SHARD_DIR).resolve()), store_uri),
+                       **_key_env(endpoint)).materialize()
+        docs |= {s: d for s in todo if (d := read(s)) is not None}
+    missing = [s for s in payloads if s not in docs]
+    if missing:
+        raise ConfigError(f"{len(missing)} {prefix} shard(s) wrote no output (first: {store.path(missing[0])})")
+    return docs
+
+
 # -- eval -------------------------------------------------------------------------------------------------
 
 def _judgement_row(g: int, j: Judgement) -> list[Any]:
@@ -171,8 +213,7 @@ def plan_shards(judge: Judge, cases: Sequence[Case], config: EvalConfig, shards:
                            "model": judge.name, "shards": shards}, sort_keys=True, default=str)
     payloads = {s: json.dumps([[g, requests[g].prompt, requests[g].response, requests[g].run] for g in gs],
                               ensure_ascii=False) for s, gs in sorted(members.items())}
-    keys = {s: hashlib.sha256(f"{identity}\x00{p}".encode()).hexdigest() for s, p in payloads.items()}
-    return _Plan(requests, index, members, payloads, keys)
+    return _Plan(requests, index, members, payloads, key_shards(identity, payloads))
 
 
 def finished(store: ShardStore, plan: _Plan) -> dict[int, dict[str, Any]]:
@@ -229,14 +270,11 @@ def _run_shards(plan: _Plan, todo: list[int], config: EvalConfig, settings: RayS
                 endpoint: Endpoint | None, cache_dir: str, store_uri: str, tick: Any, done: int) -> None:
     """The unfinished shards through an actor pool of judges (one shard per batch)."""
     ray = init_ray(settings.address)
-    env_var = (endpoint.api_key_env if endpoint else "OPENAI_API_KEY")
-    runtime_env = {"env_vars": {env_var: os.environ[env_var]}} if os.environ.get(env_var) else None
     ds = ray.data.from_items([{"shard": s, "key": plan.keys[s], "requests": plan.payloads[s]} for s in todo],
                              override_num_blocks=len(todo))
     pool = ray.data.ActorPoolStrategy(size=max(1, min(settings.workers, len(todo))))
     ds = ds.map_batches(ShardJudge, batch_size=1, compute=pool, num_cpus=1,
-                        fn_constructor_args=(config, endpoint, cache_dir, store_uri),
-                        **({"runtime_env": runtime_env} if runtime_env else {}))
+                        fn_constructor_args=(config, endpoint, cache_dir, store_uri), **_key_env(endpoint))
     for row in ds.iter_rows():
         done += len(plan.members[int(row["shard"])])
         tick(done)
@@ -277,7 +315,7 @@ class ShardClassifier:
         from misalign.records import Prompt
 
         failed = []
-        for shard, key, payload in zip(batch["shard"], batch["key"], batch["prompts"], strict=True):
+        for shard, key, payload in zip(batch["shard"], batch["key"], batch["payload"], strict=True):
             rows = json.loads(payload)
             result = asyncio.run(self._classify(int(shard), [Prompt.model_validate(d) for _, d in rows]))
             self.store.write(int(shard), {"key": str(key), "failures": result.failures, "prompts": [
@@ -302,28 +340,9 @@ def ray_classify(prompts: Sequence[Any], settings: dict[str, Any], taxonomy: Any
     identity = json.dumps({**settings, "taxonomy": taxonomy.version, "shards": shards}, sort_keys=True, default=str)
     payloads = {s: json.dumps([[g, prompts[g].model_dump(mode="json")] for g in gs], ensure_ascii=False)
                 for s, gs in sorted(members.items())}
-    keys = {s: hashlib.sha256(f"{identity}\x00{p}".encode()).hexdigest() for s, p in payloads.items()}
-    store_uri = ray_settings.store or str((out_dir / SHARD_DIR).resolve())
-    store = ShardStore(store_uri, "classify")
-
-    def done(s: int) -> dict[str, Any] | None:
-        doc = store.read(s)
-        return doc if doc is not None and doc.get("key") == keys[s] else None
-
-    docs = {s: d for s in members if (d := done(s)) is not None and not d["failures"]}
-    todo = [s for s in members if s not in docs]
-    if todo:
-        ray = init_ray(ray_settings.address)
-        ds = ray.data.from_items([{"shard": s, "key": keys[s], "prompts": payloads[s]} for s in todo],
-                                 override_num_blocks=len(todo))
-        pool = ray.data.ActorPoolStrategy(size=max(1, min(ray_settings.workers, len(todo))))
-        ds.map_batches(ShardClassifier, batch_size=1, compute=pool, num_cpus=1,
-                       fn_constructor_args=(settings, taxonomy, endpoint, str((out_dir / SHARD_DIR).resolve()),
-                                            store_uri)).materialize()
-        docs |= {s: d for s in todo if (d := done(s)) is not None}
-    missing = [s for s in members if s not in docs]
-    if missing:
-        raise ConfigError(f"{len(missing)} classify shard(s) wrote no output (first: {store.path(missing[0])})")
+    docs = run_sharded(ShardClassifier, (settings, taxonomy, endpoint), "classify", payloads,
+                       key_shards(identity, payloads), ray_settings, out_dir, complete=lambda d: not d["failures"],
+                       endpoint=endpoint)
     out: list[Any] = [None] * len(prompts)
     failures: dict[str, dict[str, Any]] = {}
     for doc in docs.values():

@@ -1,0 +1,192 @@
+"""``misalign build --engine ray`` with generators and a judge against the loopback OpenAI server, on a real local Ray
+cluster (2 CPUs): respond and filter run in Ray Data actors, shard by shard, and every file of the build has the
+local engine's bytes; a worker SIGKILLed mid-run is retried and no call answered before the kill is asked again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from misalign.cli import app
+from openai_server import OpenAIServer
+from test_build_e2e import PROMPTS, scripted
+from test_ray_engine import _wait_for, cluster  # noqa: F401  (the 2-CPU cluster fixture)
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+SHARDS = 4
+UPSTREAM = ("01_classified.parquet", "02_expanded.parquet", "03_kept.parquet", "03_dropped.parquet", "steps.json")
+"""What classify, expand and dedup leave: copied into a Ray build so it runs only respond and filter on Ray."""
+
+
+class Recorder:
+    """The scripted generators (gen, gen2) and judge, recording when each request was answered."""
+
+    def __init__(self) -> None:
+        self.answered: list[tuple[float, str]] = []
+
+    def __call__(self, body: dict) -> str:
+        self.answered.append((time.monotonic(), _key(body)))
+        return scripted({**body, "model": "gen" if body["model"].startswith("gen") else body["model"]})
+
+
+def _key(body: dict) -> str:
+    return json.dumps(body, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def server():
+    recorder = Recorder()
+    with OpenAIServer(recorder, models=("gen", "gen2", "judge"), latency=0.03) as srv:
+        srv.recorder = recorder
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    """The e2e prompts (two near-duplicates, one retried and one stubborn prompt) and variants of them."""
+    texts = PROMPTS + [f"{p} Please answer for case number {i}." for i, p in enumerate(PROMPTS[:12] * 2)]
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def _args(srv: OpenAIServer, pool: Path, out: Path, *extra: str) -> list[str]:
+    return ["build", "--input", str(pool), "--out", str(out), "--generator", "openai/gen", "--generator",
+            "openai/gen2", "--judge", "openai/judge", "--base-url", srv.url, "--api-key-env", "none", "--seed", "3",
+            "--max-concurrency", "2", *extra]
+
+
+def _build(args: list[str]) -> None:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+
+
+def _ray(cluster_address: str) -> list[str]:
+    return ["--engine", "ray", "--ray-address", cluster_address, "--ray-shards", str(SHARDS), "--ray-workers", "2"]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "cache.sqlite"}
+
+
+def _same_build(local: Path, on_ray: Path) -> None:
+    """Every file the same bytes; the manifests differ only in the build directory they name."""
+    a, b = _files(local), _files(on_ray)
+    assert set(a) == set(b) and {"04_candidates.jsonl", "dataset.jsonl", "filter_report.json"} <= set(a)
+    for name in set(a) - {"build_manifest.json"}:
+        assert a[name] == b[name], name
+    manifests = [json.loads(files["build_manifest.json"]) for files in (a, b)]
+    assert [m["config"].pop("out") for m in manifests] == [str(local), str(on_ray)]
+    assert manifests[0] == manifests[1]
+
+
+@pytest.fixture(scope="module")
+def local(server, pool, tmp_path_factory) -> dict[str, tuple[Path, Counter[str]]]:
+    """Local builds (default and per-generator, the second from the first's deduplicated prompts) and the requests
+    each asked."""
+    root = tmp_path_factory.mktemp("local")
+    out = {}
+    for mode, extra in (("default", ()), ("per_generator", ("--per-generator",))):
+        if out:
+            _seeded(root / "default", root / mode)
+        before = len(server.bodies)
+        _build(_args(server, pool, root / mode, *extra))
+        out[mode] = root / mode, Counter(_key(b) for b in server.bodies[before:])
+    return out
+
+
+def _seeded(reference: Path, out: Path) -> Path:
+    """A build directory with the reference's classify, expand and dedup outputs (so those steps are up to date)."""
+    out.mkdir()
+    for name in UPSTREAM:
+        shutil.copy(reference / name, out / name)
+    return out
+
+
+def test_build_on_ray_same_bytes_and_calls_as_local(cluster, server, pool, local, tmp_path):  # noqa: F811
+    """Respond and filter on Ray from the local build's deduplicated prompts (classify and dedup on Ray are
+    test_ray_engine's), then a re-run that finds every shard finished."""
+    ref, asked_locally = local["default"]
+    report = json.loads((ref / "filter_report.json").read_text())
+    assert report["accepted_after_feedback"] >= 1 and report["dropped"] >= 1  # feedback rounds were exercised
+    out = _seeded(ref, tmp_path / "ray")
+    before = len(server.bodies)
+    _build(_args(server, pool, out, *_ray(cluster)))
+    assert Counter(_key(b) for b in server.bodies[before:]) == asked_locally  # every call asked as often as locally
+    _same_build(ref, out)
+    outputs = sorted((out / "shards").glob("respond-*.json"))
+    assert len(outputs) == SHARDS and len(list((out / "shards").glob("respond-cache-*.sqlite"))) == SHARDS
+    stamps = [p.stat().st_mtime_ns for p in outputs]
+    n = len(server.bodies)
+    _build(_args(server, pool, out, *_ray(cluster)))  # every shard finished: nothing asked, nothing written
+    assert len(server.bodies) == n and [p.stat().st_mtime_ns for p in outputs] == stamps
+    _same_build(ref, out)
+
+
+def test_per_generator_build_on_ray_same_bytes_as_local(cluster, server, pool, local, tmp_path):  # noqa: F811
+    ref, asked_locally = local["per_generator"]
+    out = _seeded(ref, tmp_path / "ray")
+    before = len(server.bodies)
+    _build(_args(server, pool, out, "--per-generator", *_ray(cluster)))
+    assert Counter(_key(b) for b in server.bodies[before:]) == asked_locally
+    _same_build(ref, out)
+    items = [json.loads(x) for x in (out / "dataset.jsonl").read_text().splitlines()]
+    assert {i["provenance"]["generator"] for i in items} == {"openai/gen", "openai/gen2"}
+
+
+def _worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"ShardResponder" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_worker_killed_mid_run_is_retried_and_asks_no_answered_call_again(cluster, server, pool, local,  # noqa: F811
+                                                                          tmp_path):
+    ref, asked_locally = local["default"]
+    out = _seeded(ref, tmp_path / "ray")
+    before, answered_before = len(server.bodies), len(server.recorder.answered)
+    server.latency = 0.1  # slow enough that the kill lands in the middle of the shards
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            _build(_args(server, pool, out, *_ray(cluster)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=go)
+    try:
+        t.start()
+        _wait_for(lambda: len(list((out / "shards").glob("respond-0*.json"))) >= 1 and _worker_pids())
+        written = len(list((out / "shards").glob("respond-0*.json")))
+        os.kill(_worker_pids()[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        t.join(300)
+    finally:
+        server.latency = 0.03
+    assert not errors, errors
+    assert written < SHARDS, "the run finished before the kill"
+    _same_build(ref, out)
+    asked = Counter(_key(b) for b in server.bodies[before:])
+    again = asked - asked_locally
+    assert not asked_locally - asked  # every call was asked
+    assert sum(again.values()) <= 2  # at most the killed worker's calls in flight (2 a model, one model at a time)
+    recent = {key for t_answer, key in server.recorder.answered[answered_before:] if t_answer > killed_at - 1.0}
+    assert set(again) <= recent  # a call answered (and cached) before the kill is never asked again
