@@ -15,12 +15,15 @@ import gc
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -28,6 +31,11 @@ from misalign.io.formats import DataError, column_types, detect_format, iter_row
 from misalign.io.labels import DEFAULT_LABELS, LabelWords, unknown_label_message
 from misalign.records import SEMANTIC_TYPES, Domains, Item, LabelledResponse, Prompt
 from misalign.taxonomy import DIMENSIONS, NO_DOMAIN_LABELS, Taxonomy
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from misalign.io.bulk import Rows
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "bundled"
 Shape = Literal["misalign", "savacu", "hh-rlhf", "labelled"]
@@ -60,11 +68,124 @@ _BULK = True
 """Whether loads use the bulk path for the files it covers (off: the per-row path alone, for comparisons)."""
 
 
+Profile = tuple[str | None, str, str | None, tuple[tuple[str, ...], ...]]
+"""What summaries count of a record: (split, label or ``"paired"``, semantic type, domain names per dimension)."""
+
+
+def profile(record: Record) -> Profile:
+    """The :data:`Profile` of one record."""
+    labelled = isinstance(record, LabelledResponse)
+    d = record.domains
+    return (record.split, record.label if labelled else "paired", None if labelled else record.semantic_type,
+            (tuple(d.safety), tuple(d.value), tuple(d.cultural)))
+
+
+class Records(Sequence[Record]):
+    """A load's records, built when first asked for: per index or slice, or all at once on first iteration.
+
+    Each part is one file's: a list of records (read row by row) or :class:`misalign.io.bulk.Rows` (checked
+    columns; every check ran at load time, so building cannot fail). Behaves as the list of the records: ``len``,
+    indexing, slicing (a list), iteration, ``==``; a record once built is the same object on every access.
+    Until one is built, :meth:`select`, :meth:`splits` and :meth:`tally` work on the columns.
+    """
+
+    def __init__(self, parts: Sequence[list[Record] | Rows]) -> None:
+        self._parts = list(parts)
+        self._starts = list(accumulate((len(p) for p in self._parts), initial=0))
+        self._built: list[Record | None] = [None] * self._starts[-1]
+        self._any = self._all = False
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Record]: ...
+    def __getitem__(self, i: int | slice) -> Record | list[Record]:
+        if isinstance(i, slice):
+            return self._build(range(*i.indices(len(self))))
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("record index out of range")
+        return self._build([i % n])[0]
+
+    def __iter__(self) -> Iterator[Record]:
+        if not self._all:
+            self._build(range(len(self)))
+            self._all = True
+        return iter(self._built)  # type: ignore[arg-type]  # every one is built
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Records | list | tuple):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a list is
+
+    def __repr__(self) -> str:
+        return f"Records({len(self)} records)"
+
+    def _build(self, positions: Sequence[int]) -> list[Record]:
+        """The records at ``positions``, building those not built yet."""
+        built = self._built
+        missing = [p for p in positions if built[p] is None]
+        if missing:
+            with _no_gc():  # as while loading: many objects, no cycles
+                self._make(missing)
+        return [built[p] for p in positions]  # type: ignore[misc]
+
+    def _make(self, missing: list[int]) -> None:
+        """Build the records at ``missing`` (ascending positions), a part at a time."""
+        import numpy as np
+
+        self._any = True
+        at = np.asarray(missing, dtype=np.int64)
+        part_of = np.searchsorted(self._starts, at, side="right") - 1
+        for k in np.unique(part_of).tolist():
+            where = at[part_of == k]
+            part, local = self._parts[k], where - self._starts[k]
+            if isinstance(part, list):
+                made = [part[j] for j in local.tolist()]
+            else:
+                made = part.build(None if len(local) == len(part) else local)
+            for p, rec in zip(where.tolist(), made, strict=True):
+                self._built[p] = rec
+
+    def _columns(self) -> bool:
+        """Whether summaries may be read from the columns: no record was built yet (one built may be changed)."""
+        return not self._any
+
+    def select(self, split: str) -> Records:
+        """The records of one split."""
+        if not self._columns():
+            return Records([[r for r in self if r.split == split]])
+        return Records([[r for r in p if r.split == split] if isinstance(p, list) else p.select(split)
+                        for p in self._parts])
+
+    def splits(self) -> set[str]:
+        """The splits the records are in."""
+        if not self._columns():
+            return {r.split for r in self if r.split}
+        return set().union(*({r.split for r in p if r.split} if isinstance(p, list) else p.splits()
+                             for p in self._parts))
+
+    def tally(self) -> Counter[Profile]:
+        """How many records have each :data:`Profile`."""
+        if not self._columns():
+            return Counter(map(profile, self))
+        out: Counter[Profile] = Counter()
+        for p in self._parts:
+            out.update(Counter(map(profile, p)) if isinstance(p, list) else p.tally())
+        return out
+
+
 @dataclass
 class Dataset:
     """Records loaded from one source, with where they came from and a content hash."""
 
-    records: list[Record]
+    records: Sequence[Record]
+    """The records: a :class:`Records` (built on first use) after a load, or any list of them."""
     source: str
     sha256: str
     shape: Shape
@@ -89,8 +210,15 @@ class Dataset:
             return replace(self, split="all")
         if split not in self.splits_present:
             raise DataError(self.source, None, None, f"no split {split!r}; it has {sorted(self.splits_present)}")
-        return replace(self, records=[r for r in self.records if r.split == split], splits_present={split},
-                       split=split)
+        records = self.records
+        chosen = records.select(split) if isinstance(records, Records) else [r for r in records if r.split == split]
+        return replace(self, records=chosen, splits_present={split}, split=split)
+
+    def tally(self) -> Counter[Profile]:
+        """How many records have each :data:`Profile` (split, label, semantic type, domains): what
+        :func:`misalign.io.summary.summarize` counts, from the columns where the records are not built yet."""
+        records = self.records
+        return records.tally() if isinstance(records, Records) else Counter(map(profile, records))
 
 
 def load_dataset(
@@ -121,20 +249,25 @@ def load_dataset(
     digest = hashlib.sha256()
     load = _Load(mapping, skip_bad, _BULK)
     items = _ItemFiles(partial(_source, taxonomy=taxonomy, mapping=mapping, labels=labels), load.ids)
-    records: list[Record] = []
-    with _no_gc():
+    parts: list[list[Record] | Rows] = []
+    with _no_gc(), ThreadPoolExecutor(1) as pool:
         for path, split in files:
-            data = path.read_bytes()  # read once: hashed here, and parsed from memory by the bulk path
-            digest.update(data)
-            loaded = load.records(path, partial(items.converter, path), data)
-            records.extend(_in_split(path, split, loaded) if split else loaded)
+            data = path.read_bytes()  # read once: hashed beside the parse (hashlib lets go of the GIL), and parsed
+            hashed = pool.submit(digest.update, data)  # from memory by the bulk path
+            converter = partial(items.converter, path)
+            part = load.planned(path, converter, data, split) if load.bulk else None
+            if part is None:
+                loaded = load.records(path, converter)
+                part = list(_in_split(path, split, loaded) if split else loaded)
+            parts.append(part)
+            hashed.result()
             del data
+    records = Records(parts)
     folder = str(source) != "bundled" and not str(source).startswith("hf://") and Path(source).is_dir()
     rejects_path = load.finish(records, rejects, Path(source) if folder else files[0][0])  # beside a folder
     assert items.shape is not None  # there are records
-    splits = {r.split for r in records if r.split}
     return Dataset(records, "bundled" if str(source) == "bundled" else str(source), digest.hexdigest(), items.shape,
-                   len(load.bad), rejects_path, splits)
+                   len(load.bad), rejects_path, records.splits())
 
 
 def _source_files(source: str) -> list[tuple[Path, str | None]]:
@@ -231,12 +364,38 @@ def _drop_unset(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class _Ids:
-    """Ids loaded so far, each with the file and line it was first loaded from."""
+    """Ids loaded so far, each with the file and line it was first loaded from; those of files loaded in bulk
+    stay an Arrow column until an id is looked up one at a time."""
 
     first: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    columns: list[tuple[Path, pa.Array, Any]] = field(default_factory=list)
+    """(file, ids, their 1-based lines) of bulk-loaded rows not yet in :attr:`first`."""
+
+    def __contains__(self, rec_id: str) -> bool:
+        self._settle()
+        return rec_id in self.first
+
+    def _settle(self) -> None:
+        for path, ids, lines in self.columns:
+            self.first.update(zip(ids.to_pylist(), ((path, line) for line in lines.tolist()), strict=True))
+        self.columns.clear()
+
+    def add_column(self, path: Path, ids: pa.Array, lines: Any) -> None:
+        """Record that ``ids`` (all new) were loaded from ``path`` at ``lines``."""
+        self.columns.append((path, ids, lines))
+
+    def known(self) -> pa.Array | None:
+        """Every id loaded so far as one Arrow column, or None if there is none."""
+        import pyarrow as pa
+
+        chunks = [ids for _, ids, _ in self.columns]
+        if self.first:
+            chunks.append(pa.array(list(self.first), pa.string()))
+        return pa.concat_arrays([c.cast(pa.string()) for c in chunks]) if chunks else None
 
     def check(self, path: Path, line: int, rec_id: str, column: str, *, say_first: bool = True) -> None:
         """Raise :class:`DataError` on ``column`` if ``rec_id`` was loaded before."""
+        self._settle()
         if rec_id in self.first:
             where = self.first[rec_id]
             said = f" (first at {where[0]}:{where[1]})" if say_first else ""
@@ -258,18 +417,13 @@ class _Load:
     ids: _Ids = field(default_factory=_Ids)
     bad: list[dict[str, Any]] = field(default_factory=list)
 
-    def records(self, path: Path, converter: Callable[[int, dict[str, Any]], _Convert],
-                data: bytes | None = None) -> Iterator[Any]:
-        """Convert ``path``'s rows; ``converter(line, row)`` picks the converter from the first readable row.
+    def records(self, path: Path, converter: Callable[[int, dict[str, Any]], _Convert]) -> Iterator[Any]:
+        """Convert ``path``'s rows one by one; ``converter(line, row)`` picks the converter from the first
+        readable row.
 
         A malformed row raises :class:`DataError`, or with ``skip_bad`` is kept for the rejects file; an error
         from ``converter`` (the file's layout is unknown) always raises.
         """
-        if self.bulk:
-            planned = self._planned(path, converter, data)
-            if planned is not None:
-                yield from planned
-                return
         convert = None
         good = 0
         for line, raw in iter_rows(path):
@@ -290,12 +444,10 @@ class _Load:
             good += 1
             yield rec
 
-    def _planned(self, path: Path, converter: Callable[[int, dict[str, Any]], _Convert],
-                 data: bytes | None) -> Iterator[Any] | None:
-        """``path``'s records from a bulk plan (:mod:`misalign.io.bulk`), or None if the file has none.
-
-        Rows the plan flags, and rows whose id was loaded before, go through the per-row converter, so their
-        records, errors and rejects are the per-row path's."""
+    def planned(self, path: Path, converter: Callable[[int, dict[str, Any]], _Convert], data: bytes | None,
+                split: str | None = None) -> Rows | None:
+        """``path``'s records from a bulk plan (:mod:`misalign.io.bulk`), checked now and built on first use; None
+        if the file has no plan. ``split``: the split a hub file's name gives (see :func:`_in_split`)."""
         from misalign.io import bulk
 
         first = bulk.first_row(path)
@@ -305,30 +457,55 @@ class _Load:
         convert = converter(1, _rename(first, self.mapping))
         if not isinstance(convert, _ItemConverter) or convert.shape != "misalign":
             return None
-        table = bulk.read(path, data)
-        built = None if table is None else bulk.plan_items(table, convert.src, self.mapping)
-        if table is None or built is None:
+        table = bulk.read(path, data, self.mapping)
+        checked = None if table is None else bulk.plan_items(table, convert.src, self.mapping)
+        if table is None or checked is None:
             return None
-        return self._finish_plan(path, convert, table.raw, built)
+        return self._finish_plan(path, convert, table.raw, checked, split)
 
-    def _finish_plan(self, path: Path, convert: _Convert, raw_row: Callable[[int], Any],
-                     built: list[Any]) -> Iterator[Any]:
-        good = 0
-        first = self.ids.first
-        for line, rec in enumerate(built, 1):
-            if rec is None or rec.id in first:
+    def _finish_plan(self, path: Path, convert: _Convert, raw_row: Callable[[int], Any], checked: Any,
+                     split: str | None) -> Rows:
+        """Rows the columns vouch for are kept as they are; the others (:meth:`bulk.Checked.involved`), in line
+        order, go through the per-row converter when flagged or a duplicate, so that their records, errors and
+        rejects are the per-row path's."""
+        import numpy as np
+
+        from misalign.io import bulk
+
+        keep = np.ones(checked.n, dtype=bool)
+        involved = checked.involved(self.ids.known(), split)
+        alone = keep.copy()
+        alone[involved] = False
+        built: dict[int, Any] = {}
+        rejected = 0
+        for i in involved.tolist():
+            line = i + 1
+            if checked.flag[i] or checked.id_of(i) in self.ids:
                 raw = raw_row(line)
-                if isinstance(raw, DataError):
-                    self._reject(path, line, raw, raw.raw, good)
+                err = raw if isinstance(raw, DataError) else None
+                if err is None:
+                    try:
+                        rec = convert(line, _rename(raw, self.mapping))
+                    except DataError as exc:
+                        err = exc
+                if err is not None:
+                    self._reject(path, line, err, err.raw if raw is err else raw, line - 1 - rejected)
+                    keep[i] = False
+                    rejected += 1
                     continue
-                try:
-                    rec = convert(line, _rename(raw, self.mapping))
-                except DataError as err:
-                    self._reject(path, line, err, raw, good)
-                    continue
-            first[rec.id] = (path, line)
-            good += 1
-            yield rec
+                rec_id, rec_split = rec.id, rec.split
+                if split and rec_split is None:
+                    rec = rec.model_copy(update={"split": split})
+                built[i] = rec
+            else:
+                rec_id, rec_split = checked.id_of(i), checked.split_of(i)
+            if split and rec_split not in (None, split):
+                raise DataError(path, None, "split", f"record {rec_id!r} is in split {rec_split!r}, but the file "
+                                f"name says {split!r}")
+            self.ids.add(rec_id, path, line)
+        rows = np.flatnonzero(alone)
+        self.ids.add_column(path, checked.ids.take(rows), rows + 1)
+        return bulk.Rows(checked, np.flatnonzero(keep), built, split)
 
     def _reject(self, path: Path, line: int, err: DataError, row: Any, good: int) -> None:
         """Raise ``err`` (saying how many good rows came before it, and how to go on), or with ``skip_bad`` keep

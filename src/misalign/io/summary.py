@@ -6,31 +6,32 @@ from collections import Counter
 from typing import Any
 
 from misalign.io.dataset import Dataset
-from misalign.records import SEMANTIC_TYPES, LabelledResponse
+from misalign.records import SEMANTIC_TYPES
 from misalign.taxonomy import DIMENSIONS
 
 
 def summarize(dataset: Dataset) -> dict[str, Any]:
     """Item counts: ``per_split``, ``per_dimension``, ``per_domain`` (name -> items), ``all_three``, and
-    ``per_semantic_type`` (``object``, ``attribute``, ``relation``, and ``none`` for records without a type)."""
+    ``per_semantic_type`` (``object``, ``attribute``, ``relation``, and ``none`` for records without a type).
+
+    Counted per distinct (split, label, semantic type, domains) of :meth:`Dataset.tally`, so a freshly loaded
+    dataset is summarised from its columns without building its records."""
     per_split: Counter[str] = Counter()
     per_dim: Counter[str] = Counter()
     per_domain: Counter[str] = Counter()
     per_label: Counter[str] = Counter()
     per_type: Counter[str] = Counter()
     all_three = 0
-    for r in dataset.records:
-        per_split[r.split or "unsplit"] += 1
-        for dim in DIMENSIONS:
-            names = getattr(r.domains, dim)
+    for (split, label, kind, domains), n in dataset.tally().items():
+        per_split[split or "unsplit"] += n
+        for dim, names in zip(DIMENSIONS, domains, strict=True):
             if names:
-                per_dim[dim] += 1
-                for name in names:  # not Counter.update: its per-call checks cost more than the counting
-                    per_domain[name] += 1
-        all_three += r.domains.all_three
-        labelled = isinstance(r, LabelledResponse)  # getattr with a default is slow on a model that lacks the field
-        per_label[r.label if labelled else "paired"] += 1
-        per_type[(None if labelled else r.semantic_type) or "none"] += 1
+                per_dim[dim] += n
+                for name in names:
+                    per_domain[name] += n
+        all_three += n if all(domains) else 0
+        per_label[label] += n
+        per_type[kind or "none"] += n
     return {
         "source": dataset.source,
         "shape": dataset.shape,
