@@ -1,6 +1,7 @@
 """``misalign build --engine ray`` with generators and a judge against the loopback OpenAI server, on a real local Ray
 cluster (2 CPUs): respond and filter run in Ray Data actors, shard by shard, and every file of the build has the
-local engine's bytes; a worker SIGKILLed mid-run is retried and no call answered before the kill is asked again."""
+local engine's bytes; a worker SIGKILLed mid-run is retried and no call answered before the kill is asked again;
+the ``respond`` and ``filter`` step commands on Ray write the local commands' bytes."""
 
 from __future__ import annotations
 
@@ -190,3 +191,29 @@ def test_worker_killed_mid_run_is_retried_and_asks_no_answered_call_again(cluste
     assert sum(again.values()) <= 2  # at most the killed worker's calls in flight (2 a model, one model at a time)
     recent = {key for t_answer, key in server.recorder.answered[answered_before:] if t_answer > killed_at - 1.0}
     assert set(again) <= recent  # a call answered (and cached) before the kill is never asked again
+
+
+def _step(srv: OpenAIServer, command: str, src: Path, out: Path, *extra: str) -> None:
+    args = [command, "-i", str(src), "-o", str(out), "--generator", "openai/gen", "--generator", "openai/gen2",
+            "--base-url", srv.url, "--api-key-env", "none", "--seed", "3", "--max-concurrency", "2", *extra]
+    _build(args + (["--judge", "openai/judge"] if command == "filter" else []))
+
+
+def test_respond_and_filter_commands_on_ray_same_bytes_as_local(cluster, server, local, tmp_path):  # noqa: F811
+    """`misalign respond` and `misalign filter` with --engine ray: the step commands' files, byte for byte, and
+    the calls asked, as the local commands (and as the build's own respond and filter)."""
+    kept = local["default"][0] / "03_kept.parquet"
+    outs: dict[str, tuple[bytes, bytes, bytes]] = {}
+    asked: dict[str, Counter[str]] = {}
+    for engine, extra in (("local", ()), ("ray", _ray(cluster))):
+        d = tmp_path / engine
+        before = len(server.bodies)
+        _step(server, "respond", kept, d / "candidates.jsonl", *extra)
+        _step(server, "filter", d / "candidates.jsonl", d / "items.jsonl", *extra)
+        asked[engine] = Counter(_key(b) for b in server.bodies[before:])
+        outs[engine] = tuple((d / n).read_bytes() for n in ("candidates.jsonl", "items.jsonl",
+                                                              "items.jsonl.report.json"))
+    assert outs["ray"] == outs["local"] and asked["ray"] == asked["local"]
+    assert json.loads(outs["local"][2])["accepted_after_feedback"] >= 1  # regeneration rounds ran
+    for step in ("candidates", "items"):
+        assert len(list((tmp_path / "ray" / f"{step}.jsonl.ray" / "shards").glob("respond-0*.json"))) == SHARDS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,6 +40,7 @@ from misalign.cli import (
 if TYPE_CHECKING:
     from misalign.build.expand import ExpandReport
     from misalign.build.filter import FilterReport
+    from misalign.build.respond import Sampling
     from misalign.models import ModelPool
     from misalign.records import Prompt
     from misalign.taxonomy import Taxonomy
@@ -188,6 +189,12 @@ def _cache_path(out: Path, cache: Path | None) -> Path:
     return cache or out.with_name(out.name + ".cache.sqlite")
 
 
+def _sampling_settings(sampling: Sampling) -> dict[str, Any]:
+    """A :class:`~misalign.build.respond.Sampling` as the settings that key Ray shards."""
+    return {"seed": sampling.seed, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens}
+
+
 def _write_report(out: Path, report: ExpandReport | FilterReport) -> None:
     """A step's report as ``<out>.report.json``."""
     from dataclasses import asdict
@@ -248,20 +255,33 @@ def respond(
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     stream: StreamOpt = False,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64, shard_store: ShardStoreOpt = None,
 ) -> None:
     """Stage I step 4: an aligned and a misaligned candidate response for every prompt (and generator)."""
-    from misalign.build.respond import Sampling, candidate_to_row
+    from misalign.build.respond import Sampling, candidate_to_row, plan_candidates
     from misalign.build.respond import respond as respond_to
     from misalign.build.session import run_with_models
     from misalign.io import load_prompts, write_rows
 
+    check_engine(engine)
     prompts, _ = load_prompts(input, taxonomy=load_taxonomy(taxonomy))
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
-    generators = {g: pool.get(g) for g in generator}
     sampling = Sampling(seed=seed, temperature=temperature, max_tokens=max_tokens)
-    cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc,
-                                                  per_generator=per_generator),
-                            pool=pool, cache_path=_cache_path(out, cache))
+    if engine == "ray":  # shard outputs and caches in <out>.ray/shards
+        from misalign.engines.raybuild import ray_respond_and_filter
+
+        cands = plan_candidates(prompts, generator, seed=seed, per_generator=per_generator)
+        settings = {"phase": "respond", "generators": generator, "judge": None, "per_generator": per_generator,
+                    "max_rounds": 0, **_sampling_settings(sampling)}
+        ray_respond_and_filter(cands, settings, pool.endpoint,
+                               ray_settings(ray_address, ray_workers, ray_shards, shard_store),
+                               out.with_name(out.name + ".ray"))
+    else:
+        generators = {g: pool.get(g) for g in generator}
+        cands = run_with_models(lambda cc: respond_to(prompts, generators, sampling=sampling, cache=cc,
+                                                      per_generator=per_generator),
+                                pool=pool, cache_path=_cache_path(out, cache))
     write_rows(out, (candidate_to_row(c) for c in cands))
     failed = sum(bool(c.errors) for c in cands)
     note = f"; {failed} with a failed generation" if failed else ""
@@ -283,23 +303,37 @@ def filter_cmd(
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     stream: StreamOpt = False,
     cache: CacheOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64, shard_store: ShardStoreOpt = None,
 ) -> None:
     """Stage I step 5: two-stage rejection sampling; writes accepted items and a report of what was dropped."""
-    from misalign.build.filter import reject_sample
+    from misalign.build.filter import accept, check_judge, reject_sample
     from misalign.build.respond import Sampling, candidate_from_row
     from misalign.build.session import run_with_models
     from misalign.io import DataError, read_rows, write_dataset
 
+    check_engine(engine)
     cands = [candidate_from_row(row) for _, row in read_rows(input)]
     if not cands:
         raise DataError(input, None, None, "no rows")
+    check_judge(judge, generator)
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
-    generators = {g: pool.get(g) for g in generator}
-    judge_model = pool.get(judge)
     sampling = Sampling(seed=seed, max_tokens=max_tokens or Sampling.max_tokens)
-    items, report = run_with_models(
-        lambda cc: reject_sample(cands, judge_model, generators, max_rounds=max_rounds, sampling=sampling, cache=cc),
-        pool=pool, cache_path=_cache_path(out, cache))
+    if engine == "ray":  # shard outputs and caches in <out>.ray/shards
+        from misalign.engines.raybuild import ray_respond_and_filter
+
+        settings = {"phase": "filter", "generators": generator, "judge": judge, "max_rounds": max_rounds,
+                    **_sampling_settings(sampling)}
+        items, report = accept(cands, ray_respond_and_filter(
+            cands, settings, pool.endpoint, ray_settings(ray_address, ray_workers, ray_shards, shard_store),
+            out.with_name(out.name + ".ray")))
+    else:
+        generators = {g: pool.get(g) for g in generator}
+        judge_model = pool.get(judge)
+        items, report = run_with_models(
+            lambda cc: reject_sample(cands, judge_model, generators, max_rounds=max_rounds, sampling=sampling,
+                                     cache=cc),
+            pool=pool, cache_path=_cache_path(out, cache))
     write_dataset(out, items)
     _write_report(out, report)
     console.print(f"wrote {len(items)} items to {out}: {report.accepted_first} accepted at once, "

@@ -1,5 +1,8 @@
 """``--engine ray`` for the build's generation steps: respond and filter (steps 4 and 5) as a Ray Data pipeline.
 
+``misalign build`` runs both steps in each shard; the step commands run one (``phase``): ``misalign respond``
+writes the candidates' sides, ``misalign filter`` judges and regenerates candidates read from a file.
+
 Sharding: the driver plans the candidates over the whole pool (:func:`~misalign.build.respond.plan_candidates`, so
 each keeps its generator) and puts each in shard ``sha256(prompt text) mod shards``; in per-generator mode all
 candidates of one prompt share its text, so its shard. Each shard goes through ``map_batches`` into an actor pool of
@@ -26,15 +29,16 @@ from typing import Any
 import numpy as np
 
 from misalign.build.filter import TEMPLATE as CHECK_TEMPLATE
-from misalign.build.filter import Sides, check_judge, respond_and_filter
-from misalign.build.respond import KINDS, Candidate, Sampling
+from misalign.build.filter import Sides, check_judge, judge_rounds, respond_and_filter
+from misalign.build.respond import KINDS, Candidate, Sampling, candidate_from_row, candidate_to_row, write_candidates
 from misalign.build.respond import TEMPLATE as RESPOND_TEMPLATE
 from misalign.engines.raydata import RaySettings, ShardStore, key_shards, run_sharded
 from misalign.models import CallCache, Endpoint, ModelPool
-from misalign.records import Prompt
 from misalign.templates import load_template
 
 PREFIX = "respond"
+PHASES = ("build", "respond", "filter")
+"""What a shard runs: both steps (``misalign build``), or one step command's."""
 _STATE = ("texts", "verdicts", "rounds", "errors")
 """What a shard changes in a candidate (its prompt, generator and item id come from the driver)."""
 
@@ -72,19 +76,26 @@ class ShardResponder:
             nonlocal failed
             failed += c.error is not None
 
-        generators = {g: self.pool.get(g) for g in self.settings["generators"]}
+        s, phase = self.settings, self.settings.get("phase", "build")
+        generators = {g: self.pool.get(g) for g in s["generators"]}
+        sides = Sides(pending=set())
         with CallCache(self.cache_dir / f"{PREFIX}-cache-{shard:05d}.sqlite") as cache:
-            sides = await respond_and_filter(cands, generators, self.pool.get(self.settings["judge"]),
-                                             max_rounds=self.settings["max_rounds"], sampling=_sampling(self.settings),
-                                             cache=cache, on_respond=count, on_filter=count)
+            if phase == "respond":
+                await write_candidates(cands, generators, sampling=_sampling(s), cache=cache, on_result=count)
+            elif phase == "filter":
+                sides = await judge_rounds(cands, self.pool.get(s["judge"]), generators, max_rounds=s["max_rounds"],
+                                           sampling=_sampling(s), cache=cache, on_result=count)
+            else:
+                sides = await respond_and_filter(cands, generators, self.pool.get(s["judge"]),
+                                                 max_rounds=s["max_rounds"], sampling=_sampling(s), cache=cache,
+                                                 on_respond=count, on_filter=count)
         return sides, failed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         failed = []
         for shard, key, payload in zip(batch["shard"], batch["key"], batch["payload"], strict=True):
             rows = json.loads(payload)
-            cands = [Candidate(prompt=Prompt.model_validate(p), generator=gen, item_id=item_id)
-                     for _, p, gen, item_id in rows]
+            cands = [candidate_from_row(row) for _, row in rows]
             sides, n_failed = self.loop.run_until_complete(self._run(int(shard), cands))
             out = [[row[0], {**{f: getattr(c, f) for f in _STATE},
                              "passed": [k for k in KINDS if (i, k) in sides.passed],
@@ -100,9 +111,11 @@ def ray_respond_and_filter(cands: list[Candidate], settings: dict[str, Any], end
     """:func:`~misalign.build.filter.respond_and_filter` of planned candidates on Ray Data: the candidates are
     filled in place and the sides come back with their indices in ``cands``, as the local engine leaves them.
 
-    ``settings``: generators, judge, max_rounds, seed, temperature, top_p, max_tokens (and whatever else decides
-    the answers: all of it keys the shards). Shard outputs and caches go under ``out_dir/shards``."""
-    check_judge(settings["judge"], settings["generators"])
+    ``settings``: generators, judge, max_rounds, seed, temperature, top_p, max_tokens, and ``phase`` (one of
+    :data:`PHASES`, default ``build``; ``respond`` needs no judge), and whatever else decides the answers: all of it
+    keys the shards. Shard outputs and caches go under ``out_dir/shards``."""
+    if settings.get("phase", "build") != "respond":
+        check_judge(settings["judge"], settings["generators"])
     shards = ray_settings.shards
     members: dict[int, list[int]] = {}
     for g, c in enumerate(cands):
@@ -110,8 +123,8 @@ def ray_respond_and_filter(cands: list[Candidate], settings: dict[str, Any], end
     identity = json.dumps({**settings, "shards": shards, "templates": [load_template(RESPOND_TEMPLATE).ref,
                                                                        load_template(CHECK_TEMPLATE).ref]},
                           sort_keys=True, default=str)
-    payloads = {s: json.dumps([[g, cands[g].prompt.model_dump(mode="json"), cands[g].generator, cands[g].item_id]
-                               for g in gs], ensure_ascii=False) for s, gs in sorted(members.items())}
+    payloads = {s: json.dumps([[g, candidate_to_row(cands[g])] for g in gs], ensure_ascii=False)
+                for s, gs in sorted(members.items())}
     docs = run_sharded(ShardResponder, (settings, endpoint), PREFIX, payloads, key_shards(identity, payloads),
                        ray_settings, out_dir, complete=lambda d: not d["failed"], endpoint=endpoint)
     sides = Sides(pending=set())
