@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -217,3 +218,117 @@ def test_respond_and_filter_commands_on_ray_same_bytes_as_local(cluster, server,
     assert json.loads(outs["local"][2])["accepted_after_feedback"] >= 1  # regeneration rounds ran
     for step in ("candidates", "items"):
         assert len(list((tmp_path / "ray" / f"{step}.jsonl.ray" / "shards").glob("respond-0*.json"))) == SHARDS
+
+
+# -- expand on Ray: each round's generator calls (and a chat classifier's) in shards, the rounds in the driver --------
+
+FAILING = "Child abuse"
+"""The domain whose expansion requests the server fails (HTTP 500; no retries), in every round."""
+
+
+def expander(body: dict) -> str:
+    """The expansion generator (two new prompts a request: one about the domain, written anew each round, and one
+    every domain shares), a chat classifier ``cls`` that labels the first kind by the domain it names, and
+    ``scripted`` for everything else."""
+    content = body["messages"][-1]["content"]
+    if body["model"] == "cls":
+        m = re.search(r"PROMPT:\nAbout (\w+)/(.*), take \d+\?$", content)
+        return json.dumps({m.group(1): {m.group(2): 0.9}} if m else {"value": {"Politeness": 0.9}})
+    if "new, varied user prompts" in content:
+        dim, name = re.search(r'touch the (\w+) domain "(.*?)" \(', content).groups()
+        if name == FAILING:
+            raise RuntimeError("scripted failure")
+        return json.dumps({"prompts": [f"About {dim}/{name}, take {body['seed']}?", "Share a banana bread recipe."]})
+    return scripted(body)
+
+
+@pytest.fixture(scope="module")
+def expand_server():
+    with OpenAIServer(expander, models=("gen", "cls"), latency=0.01) as srv:
+        yield srv
+
+
+def _expand_config(srv: OpenAIServer, path: Path) -> Path:
+    """A build that expands (every domain below 2 prompts, two rounds within the budget) and stops at dedup."""
+    path.write_text(f'expander = "openai/gen"\ntarget_per_domain = 2\nmax_new = 100\nseed = 3\nmax_retries = 0\n'
+                    f'max_concurrency = 2\napi_key_env = "none"\nbase_urls = ["{srv.url}"]\n')
+    return path
+
+
+def _asked(srv: OpenAIServer, before: int) -> Counter[str]:
+    return Counter(_key(b) for b in srv.bodies[before:])
+
+
+def _failed_asks(asked: Counter[str]) -> Counter[str]:
+    return Counter({k: n for k, n in asked.items() if f'domain \\"{FAILING}\\"' in k})
+
+
+def test_build_expansion_on_ray_same_bytes_and_calls_as_local(cluster, expand_server, pool, tmp_path):  # noqa: F811
+    """A build with expansion on --engine local and --engine ray: every file the same bytes, the same requests; a
+    re-run of expand asks only the failed calls again (their shards are not finished), as a local one would."""
+    config = _expand_config(expand_server, tmp_path / "build.toml")
+    asked: dict[str, Counter[str]] = {}
+    for engine, extra in (("local", ()), ("ray", _ray(cluster))):
+        if engine == "ray":  # classify up to date (on Ray it is test_ray_engine's): expand and dedup run on Ray
+            (tmp_path / "ray").mkdir()
+            for name in ("01_classified.parquet", "steps.json"):
+                shutil.copy(tmp_path / "local" / name, tmp_path / "ray" / name)
+        before = len(expand_server.bodies)
+        _build(["build", "--config", str(config), "--input", str(pool), "--out", str(tmp_path / engine), *extra])
+        asked[engine] = _asked(expand_server, before)
+    assert asked["ray"] == asked["local"]
+    local, on_ray = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    assert set(local) == set(on_ray) and {"02_expanded.parquet", "expand_report.json"} <= set(local)
+    for name in set(local) - {"build_manifest.json"}:
+        assert local[name] == on_ray[name], name
+    manifests = [json.loads(files["build_manifest.json"]) for files in (local, on_ray)]
+    assert [m["config"].pop("out") for m in manifests] == [str(tmp_path / "local"), str(tmp_path / "ray")]
+    assert manifests[0] == manifests[1]
+    report, failed = json.loads(local["expand_report.json"]), _failed_asks(asked["local"])
+    assert report["calls_failed"] == sum(failed.values()) == len(failed) >= 2  # one failed request a round, asked once
+    assert 10 <= sum(report["kept"].values()) < sum(report["generated"].values()) <= 100
+    shards = tmp_path / "ray" / "shards"
+    rounds = {p.name.rsplit("-", 1)[0] for p in shards.glob("expand-r*.json")}
+    assert rounds == {f"expand-r{r}" for r in range(len(failed))}
+    assert len(list(shards.glob("expand-cache-*.sqlite"))) == SHARDS
+
+    (tmp_path / "ray" / "02_expanded.parquet").unlink()  # expand runs again: only the failed calls are asked
+    outputs = {p: p.stat().st_mtime_ns for p in shards.glob("expand-r*.json")}
+    before = len(expand_server.bodies)
+    _build(["build", "--config", str(config), "--input", str(pool), "--out", str(tmp_path / "ray"), *_ray(cluster)])
+    again = _asked(expand_server, before)
+    assert again == failed
+    rewritten = {p for p, t in outputs.items() if p.stat().st_mtime_ns != t}
+    assert len(rewritten) == len(failed)  # the failed call's shard in each round; the finished shards were read
+    assert _files(tmp_path / "ray") == on_ray
+    before = len(expand_server.bodies)
+    _build(["build", "--config", str(config), "--input", str(pool), "--out", str(tmp_path / "ray"), *_ray(cluster)])
+    assert len(expand_server.bodies) == before and _files(tmp_path / "ray") == on_ray  # finished: nothing asked
+
+
+def test_expand_command_on_ray_same_bytes_and_calls_as_local(cluster, expand_server, pool, tmp_path):  # noqa: F811
+    """`misalign expand --engine ray` with a chat classifier (its calls in Ray shards too): the local command's
+    files and calls; run again, each engine asks only the failed calls."""
+    classified = tmp_path / "classified.parquet"
+    _build(["classify", "-i", str(pool), "-o", str(classified)])
+    asked: dict[str, list[Counter[str]]] = {}
+    outs: dict[str, tuple[bytes, bytes]] = {}
+    for engine, extra in (("local", ()), ("ray", _ray(cluster))):
+        out = tmp_path / engine / "expanded.parquet"
+        args = ["expand", "-i", str(classified), "-o", str(out), "--generator", "openai/gen", "--classifier",
+                "openai/cls", "--target-per-domain", "2", "--max-new", "100", "--seed", "3", "--base-url",
+                expand_server.url, "--api-key-env", "none", "--max-retries", "0", "--max-concurrency", "2", *extra]
+        for _ in range(2):
+            before = len(expand_server.bodies)
+            _build(args)
+            asked.setdefault(engine, []).append(_asked(expand_server, before))
+        outs[engine] = out.read_bytes(), out.with_name(out.name + ".report.json").read_bytes()
+    assert outs["ray"] == outs["local"] and asked["ray"] == asked["local"]
+    failed = _failed_asks(asked["local"][0])
+    assert asked["local"][1] == failed and len(failed) >= 2  # the failed call of each round, asked again
+    report = json.loads(outs["local"][1])
+    assert report["calls_failed"] == sum(failed.values()) and sum(report["kept"].values()) >= 10
+    shards = tmp_path / "ray" / "expanded.parquet.ray" / "shards"
+    assert {p.name.rsplit("-", 1)[0] for p in shards.glob("expand-classify-r*-0*.json")} == {
+        "expand-classify-r0", "expand-classify-r1"}
+    assert not (tmp_path / "ray" / "expanded.parquet.cache.sqlite").exists()  # every call in a shard's cache

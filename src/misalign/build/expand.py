@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from misalign.build.classify import Classifier
+from misalign.build.classify import Classification, Classifier
 from misalign.io.answers import json_objects
 from misalign.models import CallCache, GenerationParams, complete_many
-from misalign.models.base import ChatModel, Completion
+from misalign.models.base import ChatModel, Completion, Request
 from misalign.records import Prompt
 from misalign.taxonomy import DIMENSIONS, Domain, Taxonomy
 from misalign.templates import load_template
@@ -25,6 +25,11 @@ from misalign.templates import load_template
 TEMPLATE = "expand_v1"
 DomainKey = tuple[str, str]
 """(dimension, domain name)."""
+CompleteRound = Callable[[int, list[Request]], Awaitable[list[Completion]]]
+"""One round's generator calls: ``(round, requests)`` -> completions in request order, a failed call as a
+:class:`Completion` with ``error`` (as :func:`~misalign.models.complete_many` returns it)."""
+ClassifyRound = Callable[[int, list[Prompt]], Awaitable[Classification]]
+"""One round's classification of the new prompts: ``(round, prompts)`` -> their classification, in order."""
 
 
 def domain_counts(prompts: Sequence[Prompt], taxonomy: Taxonomy) -> dict[DomainKey, int]:
@@ -96,8 +101,14 @@ class _State:
 
 async def expand(prompts: list[Prompt], generator: ChatModel, taxonomy: Taxonomy, classifier: Classifier, *,
                  target_per_domain: int, max_new: int, seed: int = 0, per_request: int = 5, max_rounds: int = 3,
-                 cache: CallCache | None = None) -> Expansion:
-    """New prompts for every domain below ``target_per_domain``, until the target or ``max_new`` is reached."""
+                 cache: CallCache | None = None, complete: CompleteRound | None = None,
+                 classify: ClassifyRound | None = None) -> Expansion:
+    """New prompts for every domain below ``target_per_domain``, until the target or ``max_new`` is reached.
+
+    ``complete`` and ``classify`` run a round's generator calls and its classification (default: ``generator`` and
+    ``classifier`` here, through ``cache``); the new prompts' provenance names ``generator`` either way."""
+    complete = complete or (lambda _rnd, requests: complete_many(generator, requests, cache=cache))
+    classify = classify or (lambda _rnd, new: classifier.classify(new, cache=cache))
     rng = random.Random(seed)
     result = Expansion([], ExpandReport())
     by_domain: dict[DomainKey, list[Prompt]] = {}
@@ -112,21 +123,22 @@ async def expand(prompts: list[Prompt], generator: ChatModel, taxonomy: Taxonomy
         if not needs or state.budget <= 0:
             break
         requests, asked_for = _requests(needs, state, rng, per_request, seed, rnd)
-        completions = await complete_many(generator, requests, cache=cache)
+        completions = await complete(rnd, requests)
         fresh = _new_prompts(asked_for, completions, state, result.report, generator.name, rnd)
         for d, need in needs:
             result.report.requested[d.id] = result.report.requested.get(d.id, 0) + need
-        classification = await classifier.classify([p for p, _ in fresh], cache=cache)
+        classification = await classify(rnd, [p for p, _ in fresh])
         result.classify_failures += classification.failures
         _keep(classification.prompts, [d for _, d in fresh], state, result)
     return result
 
 
 def _requests(needs: list[tuple[Domain, int]], state: _State, rng: random.Random, per_request: int, seed: int,
-              rnd: int) -> tuple[list[Any], list[tuple[Domain, list[str]]]]:
+              rnd: int) -> tuple[list[Request], list[tuple[Domain, list[str]]]]:
     """The generator requests of one round, and per request the domain and the ids of the exemplars shown."""
     params = GenerationParams(temperature=0.9, top_p=0.95, max_tokens=800, seed=seed + rnd)
-    requests, asked_for = [], []
+    requests: list[Request] = []
+    asked_for: list[tuple[Domain, list[str]]] = []
     for d, need in needs:
         pool = state.by_domain.get((d.dimension, d.name), [])
         shots = rng.sample(pool, min(3, len(pool)))

@@ -5,7 +5,10 @@ Each step is one short function below calling the same step code as its command 
 dedup are skipped on a re-run when their input files and settings are unchanged (``steps.json``); respond and
 filter always run, and every model call goes through ``cache.sqlite`` (with ``--engine ray``, each shard's cache
 under ``shards/``, and a finished shard is not run again), so a re-run of a finished build makes no model calls and
-writes the same bytes. The build directory holds::
+writes the same bytes. ``--engine ray`` runs classify, each expansion round's generator calls (and a chat
+classifier's calls; the rounds, which share a budget, stay in the driver), the dedup fingerprints (the
+near-duplicate search stays in the driver), respond and filter on Ray Data, writing the same bytes as the local
+engine. The build directory holds::
 
     01_classified.parquet        classified prompts (probabilities and domains; semantic types when asked for)
     classify_failures.jsonl      prompts a chat classifier could not classify (only when there are any)
@@ -22,7 +25,7 @@ writes the same bytes. The build directory holds::
     build_manifest.json          config (URLs redacted), taxonomy version, templates, skipped steps, counts
     steps.json                   which inputs and settings each finished step used
     cache.sqlite                 every model call
-    shards/                      --engine ray: each shard's output and call cache (classify-*, respond-*)
+    shards/                      --engine ray: each shard's output and call cache (classify-*, expand-*, respond-*)
 
 The candidates, filter report and dataset are written only when generators and a judge are given.
 
@@ -216,8 +219,8 @@ def run_build(cfg: BuildConfig, *, taxonomy: Taxonomy | None = None, say: Callab
               progress: Progress | None = None, ray: Any = None) -> dict[str, Any]:
     """Run every step that the config allows; return the build manifest.
 
-    ``ray`` (:class:`~misalign.engines.raydata.RaySettings`) runs classify, the dedup fingerprints, respond and
-    filter on Ray Data (the same bytes; expand runs here)."""
+    ``ray`` (:class:`~misalign.engines.raydata.RaySettings`) runs classify, each expansion round's calls, the dedup
+    fingerprints, respond and filter on Ray Data (the same bytes; the expansion rounds run here)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     pool = ModelPool(cfg.endpoint)
 
@@ -245,7 +248,8 @@ class _Build:
     templates: dict[str, dict[str, str]] = field(default_factory=dict)
     """Step -> the name and sha256 of the prompt template it used."""
     ray: Any = None
-    """:class:`~misalign.engines.raydata.RaySettings` when classify, dedup, respond and filter run on Ray Data."""
+    """:class:`~misalign.engines.raydata.RaySettings` when classify, expand's rounds, dedup, respond and filter run
+    on Ray Data."""
     _classifier: Classifier | None = None
 
     @property
@@ -335,9 +339,15 @@ async def _expand(b: _Build, classified: list[Prompt]) -> list[Prompt]:
         b.say("expand: up to date")
     else:
         assert generator is not None
+        hooks: dict[str, Any] = {}
+        if b.ray is not None:  # each round's calls on Ray Data; the rounds here
+            from misalign.engines.rayexpand import ray_round_hooks
+
+            hooks = ray_round_hooks(generator, b.settings("classifier", "delta", "encoder", "semantic_types"),
+                                    b.taxonomy, b.cfg.endpoint, b.ray, b.out)
         expansion = await expand(classified, b.pool.get(generator), b.taxonomy, b.classifier(),
                                  target_per_domain=b.cfg.target_per_domain, max_new=b.cfg.max_new, seed=b.cfg.seed,
-                                 cache=b.cache)
+                                 cache=b.cache, **hooks)
         _write_failures(b, expansion.classify_failures)
         b.say(f"expand: {len(expansion.prompts)} new prompts kept ({sum(expansion.report.generated.values())} "
               "written)")

@@ -218,6 +218,8 @@ def expand(
     timeout: TimeoutOpt = 120.0, max_retries: RetriesOpt = 5, connect_wait: ConnectWaitOpt = 120.0,
     stream: StreamOpt = False,
     cache: CacheOpt = None, taxonomy: TaxOpt = None,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, ray_workers: RayWorkersOpt = 2,
+    ray_shards: RayShardsOpt = 64, shard_store: ShardStoreOpt = None,
 ) -> None:
     """Stage I step 2: new prompts for low-resource domains, kept only if re-classified into their domain."""
     from misalign.build.classify import get_classifier
@@ -225,15 +227,24 @@ def expand(
     from misalign.build.session import run_with_models
     from misalign.io import load_prompts, write_prompts
 
+    check_engine(engine)
     tax = load_taxonomy(taxonomy)
     prompts, _ = load_prompts(input, taxonomy=tax)
     pool = _pool(base_url, api_key_env, max_concurrency, timeout, max_retries, connect_wait, stream)
     writer = pool.get(generator)
     reclassifier = get_classifier(classifier, tax, pool=pool, delta=delta)
+    hooks: dict[str, Any] = {}
+    if engine == "ray":  # each round's calls on Ray; shard outputs and caches in <out>.ray/shards
+        from misalign.engines.rayexpand import ray_round_hooks
+
+        hooks = ray_round_hooks(generator, {"classifier": classifier, "delta": delta, "encoder": "minilm",
+                                            "semantic_types": False}, tax, pool.endpoint,
+                                ray_settings(ray_address, ray_workers, ray_shards, shard_store),
+                                out.with_name(out.name + ".ray"))
     expansion = run_with_models(
         lambda cc: expand_prompts(prompts, writer, tax, reclassifier, target_per_domain=target_per_domain,
-                                  max_new=max_new, seed=seed, cache=cc),
-        pool=pool, cache_path=_cache_path(out, cache))
+                                  max_new=max_new, seed=seed, cache=cc, **hooks),
+        pool=pool, cache_path=None if hooks else _cache_path(out, cache))  # on Ray, every call in a shard's cache
     write_prompts(out, prompts + expansion.prompts)
     _write_report(out, expansion.report)
     console.print(f"wrote {len(prompts) + len(expansion.prompts)} prompts to {out} ({len(expansion.prompts)} new, "

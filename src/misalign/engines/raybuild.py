@@ -53,13 +53,14 @@ def _sampling(settings: dict[str, Any]) -> Sampling:
                     max_tokens=settings["max_tokens"])
 
 
-class ShardResponder:
-    """A Ray Data actor: the generators and the judge, writing and filtering whole shards of candidates, each
-    through its own call cache. One event loop for the actor's life, so models (and HTTP sessions) stay open."""
+class PoolActor:
+    """The base of a Ray Data actor that calls models: a :class:`ModelPool` and one event loop for the actor's
+    life, so models (and HTTP sessions) stay open from shard to shard; shard outputs in ``store`` under
+    ``prefix``."""
 
-    def __init__(self, settings: dict[str, Any], endpoint: Endpoint | None, cache_dir: str, store: str) -> None:
-        self.settings, self.pool = settings, ModelPool(endpoint)
-        self.cache_dir, self.store = Path(cache_dir), ShardStore(store, PREFIX)
+    def __init__(self, endpoint: Endpoint | None, prefix: str, cache_dir: str, store: str) -> None:
+        self.pool = ModelPool(endpoint)
+        self.cache_dir, self.store = Path(cache_dir), ShardStore(store, prefix)
         self.loop = asyncio.new_event_loop()
 
     def __del__(self) -> None:
@@ -68,6 +69,15 @@ class ShardResponder:
         if loop is not None and not loop.is_closed():
             loop.run_until_complete(self.pool.aclose())
             loop.close()
+
+
+class ShardResponder(PoolActor):
+    """A Ray Data actor: the generators and the judge, writing and filtering whole shards of candidates, each
+    through its own call cache."""
+
+    def __init__(self, settings: dict[str, Any], endpoint: Endpoint | None, cache_dir: str, store: str) -> None:
+        super().__init__(endpoint, PREFIX, cache_dir, store)
+        self.settings = settings
 
     async def _run(self, shard: int, cands: list[Candidate]) -> tuple[Sides, int]:
         failed = 0

@@ -1,5 +1,6 @@
 """``--engine ray``: the eval's judge calls and the build's classify/dedup as Ray Data pipelines (respond and filter:
-:mod:`misalign.engines.raybuild`, through :func:`run_sharded` here).
+:mod:`misalign.engines.raybuild`, expansion rounds: :mod:`misalign.engines.rayexpand`, through :func:`run_sharded`
+here).
 
 Sharding: every request goes to shard ``sha256(prompt NUL response) mod shards`` (all runs of one pair in one
 shard, so identical pairs are still asked once). The shard rows go through ``map_batches`` into an actor pool of
@@ -290,8 +291,8 @@ def prompt_shard(prompt_id: str, shards: int) -> int:
 class ShardClassifier:
     """A Ray Data actor: one classifier (embedded or chat), classifying whole shards of prompts."""
 
-    def __init__(self, settings: dict[str, Any], taxonomy: Any, endpoint: Endpoint | None, cache_dir: str,
-                 store: str) -> None:
+    def __init__(self, settings: dict[str, Any], taxonomy: Any, endpoint: Endpoint | None, prefix: str,
+                 cache_dir: str, store: str) -> None:
         from misalign.build.classify import get_classifier
         from misalign.models import ModelPool
 
@@ -302,10 +303,10 @@ class ShardClassifier:
             from dataclasses import replace
 
             self.classifier.PARAMS = replace(self.classifier.PARAMS, max_tokens=settings["max_tokens"])
-        self.cache_dir, self.store = Path(cache_dir), ShardStore(store, "classify")
+        self.prefix, self.cache_dir, self.store = prefix, Path(cache_dir), ShardStore(store, prefix)
 
     async def _classify(self, shard: int, prompts: list[Any]) -> Any:
-        with CallCache(self.cache_dir / f"classify-cache-{shard:05d}.sqlite") as cache:
+        with CallCache(self.cache_dir / f"{self.prefix}-cache-{shard:05d}.sqlite") as cache:
             try:
                 return await self.classifier.classify(prompts, cache=cache)
             finally:
@@ -325,11 +326,11 @@ class ShardClassifier:
 
 
 def ray_classify(prompts: Sequence[Any], settings: dict[str, Any], taxonomy: Any, endpoint: Endpoint | None,
-                 ray_settings: RaySettings, out_dir: Path) -> Any:
+                 ray_settings: RaySettings, out_dir: Path, prefix: str = "classify") -> Any:
     """Classify ``prompts`` on Ray Data with the classifier ``settings`` names (classifier, delta, encoder,
-    semantic_types, optionally max_tokens), shard outputs and caches under ``out_dir/shards``: the same
-    :class:`~misalign.build.classify.Classification` as the local step, prompts in input order. Finished shards
-    (output there with this key, no failure) are not run again."""
+    semantic_types, optionally max_tokens), shard outputs and caches under ``out_dir/shards`` (``<prefix>-<shard>``
+    and ``<prefix>-cache-<shard>``): the same :class:`~misalign.build.classify.Classification` as the local step,
+    prompts in input order. Finished shards (output there with this key, no failure) are not run again."""
     from misalign.build.classify import Classification
     from misalign.records import Prompt
 
@@ -340,7 +341,7 @@ def ray_classify(prompts: Sequence[Any], settings: dict[str, Any], taxonomy: Any
     identity = json.dumps({**settings, "taxonomy": taxonomy.version, "shards": shards}, sort_keys=True, default=str)
     payloads = {s: json.dumps([[g, prompts[g].model_dump(mode="json")] for g in gs], ensure_ascii=False)
                 for s, gs in sorted(members.items())}
-    docs = run_sharded(ShardClassifier, (settings, taxonomy, endpoint), "classify", payloads,
+    docs = run_sharded(ShardClassifier, (settings, taxonomy, endpoint, prefix), prefix, payloads,
                        key_shards(identity, payloads), ray_settings, out_dir, complete=lambda d: not d["failures"],
                        endpoint=endpoint)
     out: list[Any] = [None] * len(prompts)
