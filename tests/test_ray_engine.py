@@ -95,6 +95,27 @@ def test_openai_server_same_bytes_and_calls_as_local(cluster, tmp_path, data):
     assert manifest["served"] == json.loads((tmp_path / "local" / "manifest.json").read_text())["served"]
 
 
+def test_workers_whose_first_calls_all_fail_stop_early(cluster, tmp_path, data):
+    """As the local engine: a worker whose first 32 calls all failed sends no more, and the run is an error naming
+    the cause; a re-run once the server answers asks only what was not answered."""
+    with OpenAIServer(marker_judge) as srv:
+        srv.faults = ["500"] * 10_000
+        ray = ["--engine", "ray", "--ray-address", cluster, "--ray-shards", str(SHARDS), "--ray-workers", "2",
+               "--max-concurrency", "4", "--max-retries", "0"]
+        args = ["eval", "--no-report", *_server_args(srv), "--dataset", str(data), "--runs", "2", "--out",
+                str(tmp_path / "run"), *ray]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code != 0
+        assert "stopped: the first 32 calls all failed (32 × HTTP 500" in str(res.exception)
+        assert srv.requests <= 2 * (32 + 4)  # of 160 calls: each worker's calls in flight finish, no new ones
+        assert not (tmp_path / "run" / "metrics.json").exists()
+        srv.faults = []
+        before = srv.requests
+        _eval(args[2:])
+        assert srv.requests - before == 40 * 2 * 2  # nothing was answered before, so every call is asked once
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["counts"]["failed"] == 0
+
+
 def _call(body: dict) -> tuple[str, int]:
     """A chat request as (judged text, seed): the same text is asked once per run, with that run's seed."""
     return body["messages"][-1]["content"], body["seed"]

@@ -231,23 +231,45 @@ def judge_requests(cases: Sequence[Case], config: EvalConfig) -> tuple[list[Judg
     return requests, index
 
 
+class EarlyStop:
+    """Sets ``stop`` when the first :data:`EARLY_STOP_AFTER` answered calls all failed (a wrong URL, key or model):
+    nothing more is sent. ``total``: the calls there are (a run of at most that many never stops); None: unknown
+    (a Ray worker judging shard after shard)."""
+
+    def __init__(self, stop: Stop, total: int | None = None) -> None:
+        self.stop, self.total = stop, total
+        self.done = self.failed = 0
+        self.causes: dict[str, int] = {}
+
+    def result(self, error: str | None) -> None:
+        self.done += 1
+        if error is None:
+            return
+        self.failed += 1
+        self.causes[error] = self.causes.get(error, 0) + 1
+        limit = EARLY_STOP_AFTER if self.total is None else min(EARLY_STOP_AFTER, self.total)
+        if self.failed == self.done == limit and (self.total is None or limit < self.total):
+            self.stop.set(f"stopped: the first {self.done} calls all failed ({failure_summary(self.ranked())})")
+
+    def ranked(self) -> dict[str, int]:
+        """The causes of failed calls, most common first."""
+        return dict(sorted(self.causes.items(), key=lambda kv: -kv[1]))
+
+
 class _Tracker:
     """Counts answers for the progress line and stops a run whose first calls all fail."""
 
     def __init__(self, total: int, judge: Judge, progress: Progress | None, stop: Stop) -> None:
-        self.total, self.judge, self.progress, self.stop = total, judge, progress, stop
-        self.done = self.failed = 0
-        self.causes: dict[str, int] = {}
+        self.total, self.judge, self.progress = total, judge, progress
+        self.early = EarlyStop(stop, total)
 
     def result(self, _index: int, error: str | None) -> None:
-        self.done += 1
-        if error is not None:
-            self.failed += 1
-            self.causes[error] = self.causes.get(error, 0) + 1
-            if self.failed == self.done == min(EARLY_STOP_AFTER, self.total) < self.total:
-                ranked = dict(sorted(self.causes.items(), key=lambda kv: -kv[1]))
-                self.stop.set(f"stopped: the first {self.done} calls all failed ({failure_summary(ranked)})")
+        self.early.result(error)
         self.show()
+
+    @property
+    def done(self) -> int:
+        return self.early.done
 
     def show(self) -> None:
         if self.progress:
@@ -274,7 +296,7 @@ async def judge_all(judge: Judge, cases: Sequence[Case], config: EvalConfig, cac
             refresher.cancel()
             await judge.aclose()
     if stop.reason:
-        raise RunError(f"{stop.reason}{_hint(tracker.causes, None)}")
+        raise RunError(f"{stop.reason}{_hint(tracker.early.ranked(), None)}")
     out: list[list[Judgement]] = [[Judgement(Verdict(verdict="unparseable"))] * len(cases)
                                   for _ in range(config.runs)]
     for (run, k), answer in zip(index, answers, strict=True):

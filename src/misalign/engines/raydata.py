@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from misalign.bench.judge import Judge, Judgement, JudgeRequest
-from misalign.bench.runner import Case, EvalConfig, Progress, judge_requests
-from misalign.errors import ConfigError
+from misalign.bench.runner import Case, EarlyStop, EvalConfig, Progress, judge_requests
+from misalign.errors import ConfigError, RunError
 from misalign.models import CallCache, Endpoint
+from misalign.models.base import Stop
 from misalign.records import Verdict
 
 SHARDS = 64
@@ -171,11 +172,14 @@ class ShardJudge:
         self.judge = config.make_judge(endpoint)
         self.cache_dir = Path(cache_dir)
         self.store = ShardStore(store)
+        self.early = EarlyStop(Stop())
+        """The local engine's early stop, over this worker's calls: once its first ones all failed, it sends none."""
 
     async def _judge(self, shard: int, requests: list[JudgeRequest]) -> list[Judgement]:
         with CallCache(self.cache_dir / f"cache-{shard:05d}.sqlite") as cache:
             try:
-                return await self.judge.judge(requests, cache=cache)
+                return await self.judge.judge(requests, cache=cache, stop=self.early.stop,
+                                              on_result=lambda _i, error: self.early.result(error))
             finally:
                 await self.judge.aclose()  # the HTTP session belongs to this event loop
 
@@ -188,7 +192,8 @@ class ShardJudge:
             after = self.judge.served()
             served = {k: v - before.get(k, 0) for k, v in after.items()}
             judged = [_judgement_row(row[0], j) for row, j in zip(rows, answers, strict=True)]
-            self.store.write(int(shard), {"key": str(key), "served": served, "judgements": judged})
+            self.store.write(int(shard), {"key": str(key), "served": served, "judgements": judged,
+                                          **({"stopped": self.early.stop.reason} if self.early.stop.reason else {})})
             failed.append(sum(j.error is not None for j in answers))
         return {"shard": np.asarray(batch["shard"]), "failed": np.asarray(failed, dtype=np.int64)}
 
@@ -253,6 +258,9 @@ def ray_judge_all(settings: RaySettings, endpoint: Endpoint | None = None):
         missing = [s for s in plan.members if s not in docs]
         if missing:
             raise ConfigError(f"{len(missing)} shard(s) wrote no output (first: {store.path(missing[0])})")
+        stopped = sorted(d["stopped"] for d in docs.values() if d.get("stopped"))
+        if stopped:  # as the local engine: a worker's first calls all failed; what was answered is kept
+            raise RunError(f"{stopped[0]}; re-run the same command to retry them (answered calls are cached)")
         answers: dict[int, Judgement] = {}
         served: dict[str, int] = {}
         for doc in docs.values():
