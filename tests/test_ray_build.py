@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from misalign.cli import app
 from openai_server import OpenAIServer
 from test_build_e2e import PROMPTS, scripted
-from test_ray_engine import _wait_for, cluster  # noqa: F401  (the 2-CPU cluster fixture)
+from test_ray_engine import _wait_for, _worker_pids, cluster  # noqa: F401  (the 2-CPU cluster fixture)
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -147,18 +147,6 @@ def test_per_generator_build_on_ray_same_bytes_as_local(cluster, server, pool, l
     assert {i["provenance"]["generator"] for i in items} == {"openai/gen", "openai/gen2"}
 
 
-def _worker_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"ShardResponder" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def test_worker_killed_mid_run_is_retried_and_asks_no_answered_call_again(cluster, server, pool, local,  # noqa: F811
                                                                           tmp_path):
     ref, asked_locally = local["default"]
@@ -176,9 +164,9 @@ def test_worker_killed_mid_run_is_retried_and_asks_no_answered_call_again(cluste
     t = threading.Thread(target=go)
     try:
         t.start()
-        _wait_for(lambda: len(list((out / "shards").glob("respond-0*.json"))) >= 1 and _worker_pids())
+        _wait_for(lambda: len(list((out / "shards").glob("respond-0*.json"))) >= 1 and _worker_pids("ShardResponder"))
         written = len(list((out / "shards").glob("respond-0*.json")))
-        os.kill(_worker_pids()[0], signal.SIGKILL)
+        os.kill(_worker_pids("ShardResponder")[0], signal.SIGKILL)
         killed_at = time.monotonic()
         t.join(300)
     finally:

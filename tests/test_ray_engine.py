@@ -180,12 +180,13 @@ def test_driver_killed_mid_run_resumes(cluster, tmp_path, data):
         _resume_checks(srv, run, reference, [*args, "--out", str(run)], max_in_flight=2 * 2)
 
 
-def _worker_pids() -> list[int]:
+def _worker_pids(actor: str = "ShardJudge") -> list[int]:
+    """The processes of this machine running the Ray actor class ``actor``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"ShardJudge" in (entry / "cmdline").read_bytes():
+                if actor.encode() in (entry / "cmdline").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 continue

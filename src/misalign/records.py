@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from misalign.taxonomy import DIMENSIONS
 
+HEADLINE_SCOPES: tuple[str, ...] = ("overall", *DIMENSIONS, "all_three")
+"""The scopes every figure is reported in: all responses, items with a domain of each dimension, items with a
+domain of all three (:meth:`Domains.scopes`)."""
+
 Label = Literal["aligned", "misaligned"]
 Split = Literal["train", "validation", "test"]
 VerdictLabel = Literal["aligned", "misaligned", "unparseable"]
@@ -46,6 +50,11 @@ class Domains(BaseModel):
     def all_three(self) -> bool:
         """True when the item carries a domain of every dimension (the joint case)."""
         return bool(self.safety and self.value and self.cultural)
+
+    def scopes(self) -> list[str]:
+        """The headline scopes (:data:`HEADLINE_SCOPES`) an item with these domains counts in."""
+        dims = self.dimensions()
+        return ["overall", *dims, *(["all_three"] if len(dims) == len(DIMENSIONS) else [])]
 
 
 class _Record(BaseModel):

@@ -360,10 +360,11 @@ def _scopes(cases: Sequence[Case], n_items: int) -> dict[tuple[str, ...], np.nda
     for c in cases:
         domains[c.item_index] = c.domains
         kinds[c.item_index] = c.semantic_type
+    in_scopes = [d.scopes() for d in domains]  # the headline scopes, as inspect and lm-eval count them too
     scopes = {("overall",): np.ones(n_items, dtype=bool)}
     for dim in DIMENSIONS:
-        scopes[("dimension", dim)] = np.array([bool(d.get(dim)) for d in domains], dtype=bool)
-    scopes[("all_three",)] = np.array([d.all_three for d in domains], dtype=bool)
+        scopes[("dimension", dim)] = np.array([dim in s for s in in_scopes], dtype=bool)
+    scopes[("all_three",)] = np.array(["all_three" in s for s in in_scopes], dtype=bool)
     for kind in SEMANTIC_TYPES:
         scopes[("semantic_type", kind)] = np.array([k == kind for k in kinds], dtype=bool)
     for dim in DIMENSIONS:

@@ -28,13 +28,12 @@ from misalign.bench.metrics import METRIC_NAMES, Totals, mean_over_runs
 from misalign.bench.runner import Case, EvalConfig, UnparseablePolicy, cases_of, flagged_under
 from misalign.io import Dataset, load_dataset
 from misalign.models.base import Completion, TokenLogprob
-from misalign.records import Domains
-from misalign.taxonomy import DIMENSIONS
+from misalign.records import HEADLINE_SCOPES, Domains
 from misalign.templates import load_template
 
 SCORER = "misalign_judge"
 """The scorer's name in inspect logs (:mod:`misalign.interop.inspect_log` reads its scores)."""
-SCOPES = ("overall", *DIMENSIONS, "all_three")
+SCOPES = HEADLINE_SCOPES
 """The scopes every metric is reported for: the headline scopes of ``metrics.json``."""
 POLICIES = ("aligned", "misaligned", "exclude")
 
@@ -118,9 +117,8 @@ def scope_figures(scores: Sequence[SampleScore]) -> dict[str, dict[str, float | 
     y = np.array([(s.sample_metadata or {}).get("label") == "misaligned" for s in counted], dtype=np.float64)
     f = np.array([s.score.as_float() for s in counted], dtype=np.float64)
     domains = [Domains.model_validate((s.sample_metadata or {}).get("domains") or {}) for s in counted]
-    masks = {"overall": np.ones(len(counted), dtype=bool),
-             **{d: np.array([bool(x.get(d)) for x in domains], dtype=bool) for d in DIMENSIONS},
-             "all_three": np.array([x.all_three for x in domains], dtype=bool)}
+    in_scopes = [x.scopes() for x in domains]
+    masks = {scope: np.array([scope in x for x in in_scopes], dtype=bool) for scope in SCOPES}
     out: dict[str, dict[str, float | None]] = {m: {} for m in METRIC_NAMES}
     for scope, mask in masks.items():
         onehot = (run[:, None] == np.arange(len(runs))[None, :]) & mask[:, None]  # (responses, runs)

@@ -24,11 +24,11 @@ from misalign.bench.metrics import METRICS, Totals, rates
 from misalign.bench.runner import EvalConfig, UnparseablePolicy, cases_of, flagged_under
 from misalign.io import DataError, Dataset, read_rows, write_rows
 from misalign.io.answers import parse_verdict
-from misalign.taxonomy import DIMENSIONS
+from misalign.records import HEADLINE_SCOPES, Domains
 from misalign.templates import load_template
 
 TASK = "misalign_bench"
-SCOPES: tuple[str, ...] = ("overall", *DIMENSIONS, "all_three")
+SCOPES: tuple[str, ...] = HEADLINE_SCOPES
 """The scopes reported, as in ``misalign eval``: every response, items with a domain of each dimension, items
 with a domain of all three."""
 
@@ -160,17 +160,8 @@ def process_results(doc: Mapping[str, Any], results: Sequence[str | None], polic
     sent = [t for t in (doc["system"], doc["user"]) if t]
     verdict = parse_verdict(results[0] or "", sent)
     record = {"label": doc["label"], "flagged": flagged_under(verdict, policy), "verdict": verdict.verdict,
-              "dimensions": list(doc["dimensions"])}
+              "scopes": Domains.model_validate(doc["domains"]).scopes()}
     return {key: record for key in (*METRIC_KEYS, "unparseable")}
-
-
-def in_scope(record: Mapping[str, Any], scope: str) -> bool:
-    """Whether a response's item belongs to a scope (as ``bench.runner._scopes`` decides it)."""
-    if scope == "overall":
-        return True
-    if scope == "all_three":
-        return set(DIMENSIONS) <= set(record["dimensions"])
-    return scope in record["dimensions"]
 
 
 def aggregate(metric: str, scope: str = "overall") -> Callable[[Sequence[Mapping[str, Any]]], float]:
@@ -178,7 +169,7 @@ def aggregate(metric: str, scope: str = "overall") -> Callable[[Sequence[Mapping
     counted responses in scope (NaN where it is undefined, as ``misalign eval``'s null)."""
 
     def agg(records: Sequence[Mapping[str, Any]]) -> float:
-        used = [r for r in records if r["flagged"] is not None and in_scope(r, scope)]
+        used = [r for r in records if r["flagged"] is not None and scope in r["scopes"]]
         totals = Totals.of([r["label"] == "misaligned" for r in used], [bool(r["flagged"]) for r in used])
         return float(rates(totals)[metric])
 
