@@ -295,7 +295,7 @@ def test_label_map_option_is_shared_by_the_loading_commands_and_prints_the_mappi
 
 @pytest.mark.parametrize("name,content", [("empty.jsonl", b""), ("blank.jsonl", b"\n  \n"), ("header.csv",
                          b"prompt,aligned_response,misaligned_response\n"), ("list.json", b"[]"), ("zero.json", b""),
-                         ("zero.parquet", b""), ("empty.jsonl.gz", gzip.compress(b""))])
+                         ("zero.parquet", b""), ("empty.jsonl.gz", gzip.compress(b"", mtime=0))])
 def test_every_empty_file_has_no_rows(tmp_path: Path, name: str, content: bytes):
     path = tmp_path / name
     path.write_bytes(content)
