@@ -36,7 +36,7 @@ def _timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=0, help="only the first N texts (0: all)")
+    parser.add_argument("--limit", type=int, default=0, help="only N texts, evenly spread (0: all)")
     args = parser.parse_args()
 
     import torch
@@ -44,7 +44,8 @@ def main() -> None:
 
     records = load_dataset("bundled").records
     texts = list(dict.fromkeys(t for r in records for t in (r.prompt, r.aligned_response, r.misaligned_response)))
-    texts = texts[: args.limit or None]
+    if args.limit:  # evenly spread over the data, so the mix of lengths stays the same
+        texts = texts[:: max(1, len(texts) // args.limit)][: args.limit]
     path = str(embedded.minilm_path())
 
     with tempfile.TemporaryDirectory() as tmp:  # first use, into a scratch folder (the user's cache is left alone)
