@@ -286,7 +286,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+        sent = srv.requests
+    # Once (1 in ~6 clean-clone CI runs, under xdist) the run exited 0 instead: its stderr and the request count
+    # say whether it finished before the signal or swallowed it.
+    assert proc.returncode == 130, f"exit {proc.returncode} after {sent} requests; stderr: {err[-1500:]}"
     assert "interrupted; re-run the same command to resume" in err and "Traceback" not in err
 
 
